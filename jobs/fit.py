@@ -1,0 +1,35 @@
+"""Fit a PatchCore memory bank: ``python -m jobs.fit --normal URI --bank URI``."""
+
+from __future__ import annotations
+
+import sys
+
+from jobs.cli import build_parser, overrides, run_main
+from pipeline.config import FitConfig, load_config
+
+FLAGS = [
+    ("--normal", "normal", str),
+    ("--bank", "bank", str),
+    ("--backbone", "patchcore.backbone", str),
+    ("--weights", "patchcore.weights", str),
+    ("--coreset-ratio", "patchcore.coreset_ratio", float),
+    ("--image-size", "patchcore.image_size", int),
+    ("--embed-dim", "patchcore.embed_dim", int),
+    ("--calibration-fraction", "patchcore.calibration_fraction", float),
+    ("--seed", "patchcore.seed", int),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser(__doc__, FLAGS).parse_args(argv)
+
+    def job() -> dict:
+        from pipeline.fit import run_fit
+
+        return run_fit(load_config(FitConfig, args.config, overrides(args)))
+
+    return run_main(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

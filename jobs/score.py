@@ -1,0 +1,36 @@
+"""Score an archive: ``python -m jobs.score --input URI --bank URI --output URI``."""
+
+from __future__ import annotations
+
+import sys
+
+from jobs.cli import build_parser, overrides, run_main
+from pipeline.config import ScoreConfig, load_config
+
+FLAGS = [
+    ("--input", "input", str),
+    ("--bank", "bank", str),
+    ("--bank-version", "bank_version", str),
+    ("--output", "output", str),
+    ("--detector", "detector", str),
+    ("--run-name", "run_name", str),
+    ("--threshold", "threshold", float),
+    ("--heatmaps", "heatmaps", str),
+    ("--images-per-unit", "images_per_unit", int),
+    ("--batch-size", "batch_size", int),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser(__doc__, FLAGS).parse_args(argv)
+
+    def job() -> dict:
+        from pipeline.score import run_score
+
+        return run_score(load_config(ScoreConfig, args.config, overrides(args)))
+
+    return run_main(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Typed, validated job configuration: YAML file first, command-line flags on top.
+
+Every setting has one dotted name (``patchcore.coreset_ratio``); errors name it, so a user
+knows which line of the YAML file or which flag to fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the setting."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorageSettings(_Strict):
+    """How ``s3://`` URIs are reached. Credentials fall back to the usual AWS environment."""
+
+    endpoint_url: str | None = None
+    key: str | None = None
+    secret: str | None = None
+    region: str | None = None
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=20)
+
+
+class RuntimeSettings(_Strict):
+    ray_address: str | None = None  # None: RAY_ADDRESS if set, else a local Ray runtime
+    workers: int = Field(2, ge=1, le=4096)
+    num_cpus_per_worker: float = Field(1.0, gt=0)
+    num_gpus_per_worker: float = Field(0.0, ge=0)
+    max_restarts: int = Field(2, ge=0, le=100)
+
+
+class TrackingSettings(_Strict):
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or MLflow's local default
+    experiment: str = Field("anomaly-detection", min_length=1)
+    enabled: bool = True
+
+
+class DecodeSettings(_Strict):
+    max_pixels: int = Field(40_000_000, ge=1, description="larger images are refused (decompression bombs)")
+    max_file_bytes: int = Field(256 * 1024 * 1024, ge=1)
+
+
+class PatchCoreSettings(_Strict):
+    backbone: Literal["resnet18", "resnet50", "wide_resnet50_2"] = "resnet18"
+    weights: str = Field("none", min_length=1, description="path, s3:// URI, 'torchvision', or 'none'")
+    seed: int = 0
+    layers: list[Literal["layer1", "layer2", "layer3"]] = ["layer2", "layer3"]
+    image_size: int = Field(256, ge=32, le=2048)
+    pretrain_embed_dim: int = Field(1024, ge=8)
+    embed_dim: int = Field(384, ge=8)
+    coreset_ratio: float = Field(0.1, gt=0, le=1)
+    coreset_projection_dim: int = Field(128, ge=0, description="0 = greedy on the full features")
+    local_oversample: float = Field(4.0, ge=1, description="round-1 budget per shard, as a multiple")
+    num_neighbors: int = Field(9, ge=1)
+    reweight: bool = False
+    sigma: float = Field(4.0, ge=0)
+    calibration_fraction: float = Field(0.1, ge=0, lt=1)
+    batch_size: int = Field(8, ge=1, le=1024)
+    images_per_shard: int = Field(512, ge=1)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_unique(cls, layers: list[str]) -> list[str]:
+        if not layers or len(set(layers)) != len(layers):
+            raise ValueError("give one or more distinct layers")
+        return sorted(layers)
+
+
+class FitConfig(_Strict):
+    normal: str = Field(min_length=1)
+    bank: str = Field(min_length=1)
+    patchcore: PatchCoreSettings = PatchCoreSettings()
+    decode: DecodeSettings = DecodeSettings()
+    storage: StorageSettings = StorageSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    tracking: TrackingSettings = TrackingSettings()
+
+
+class ScoreConfig(_Strict):
+    input: str = Field(min_length=1)
+    bank: str = Field(min_length=1)
+    bank_version: str | None = None
+    output: str = Field(min_length=1)
+    detector: Literal["patchcore"] = "patchcore"
+    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    threshold: float | None = None  # None: the threshold calibrated at fit time
+    heatmaps: Literal["all", "anomalous", "none"] = "all"
+    images_per_unit: int = Field(64, ge=1, le=100_000)
+    batch_size: int = Field(8, ge=1, le=1024)
+    decode: DecodeSettings = DecodeSettings()
+    storage: StorageSettings = StorageSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    tracking: TrackingSettings = TrackingSettings()
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: '{part}' is not a section in the config file")
+    node[leaf] = value
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+        lines.append(f"  {where}: {e['msg']}{got}")
+    return "\n".join(lines)
+
+
+def load_config(model: type[BaseModel], path: str | Path | None, overrides: dict[str, Any]) -> Any:
+    """Build ``model`` from an optional YAML file, then dotted ``overrides`` (flags) on top."""
+    tree: dict[str, Any] = {}
+    source = "flags"
+    if path is not None:
+        source = f"{path} + flags"
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"--config {path}: cannot read file ({exc.strerror or exc})") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {path}: not valid YAML ({exc})") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"--config {path}: the top level must be a mapping of settings")
+        tree = loaded or {}
+    for dotted, value in overrides.items():
+        if value is not None:
+            _set_dotted(tree, dotted, value)
+    try:
+        return model.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from exc

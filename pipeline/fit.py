@@ -1,0 +1,195 @@
+"""Fit a PatchCore memory bank from a folder (or prefix, or tar shards) of normal images.
+
+Distributed coreset (two-round composable coreset): every worker embeds one shard of the
+normal set and reduces it with greedy k-center to a local budget; the driver holds only the
+union of the local coresets and reduces it again to the final size ``k``. Greedy k-center is a
+2-approximation of the optimal k-center radius (Gonzalez 1985), and running it on the union of
+per-shard greedy coresets is a 4-approximation of the optimum for the whole set (the
+composable-coreset bound for k-center of Indyk, Mahabadi, Mahdian and Mirrokni, PODS 2014;
+also Malkomes et al., NeurIPS 2015). Giving each shard a budget above k/S (``local_oversample``)
+keeps the measured radius close to single-machine greedy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import FitConfig
+from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder
+from pipeline.io.batches import iter_batches
+from pipeline.io.sources import Listing, WorkUnit, list_inputs, plan_units, stable_hash
+from pipeline.io.storage import Storage
+from pipeline.memory_bank import index as bank_index
+from pipeline.memory_bank.bank import BankMetadata, fingerprint, publish_bank
+from pipeline.memory_bank.coreset import greedy_kcenter, project, random_projection
+from pipeline.runtime import WorkerPool, init_ray, setup_worker_threads
+from pipeline.tracking import flatten, start_run
+
+MAX_LOGGED_INDEX_BYTES = 256 * 1024 * 1024
+
+
+def local_budget(n: int, ratio: float, n_shards: int, oversample: float) -> int:
+    """Round-1 budget of a shard with ``n`` patches: its share of k, times ``min(S, oversample)``."""
+    return min(n, math.ceil(ratio * n * min(float(n_shards), oversample)))
+
+
+class FitWorker:
+    """Ray actor: embeds shards of normal images and reduces each to a local coreset."""
+
+    def __init__(self, cfg: FitConfig):
+        self.cfg = cfg
+        self.storage = Storage(cfg.storage)
+        self.device = setup_worker_threads(cfg.runtime)
+        self.embedder, self.weights_fingerprint = build_embedder(cfg.patchcore, self.storage, self.device)
+        pc = cfg.patchcore
+        self.projection = random_projection(pc.embed_dim, pc.coreset_projection_dim, pc.seed)
+
+    def ready(self) -> str:
+        return self.weights_fingerprint
+
+    def extract_and_reduce(self, unit: WorkUnit, n_shards: int) -> dict[str, Any]:
+        pc = self.cfg.patchcore
+        start = time.perf_counter()
+        chunks, errors, n_images, grid = [], [], 0, None
+        for batch in iter_batches(self.storage, unit, self.cfg.decode, pc.image_size, pc.batch_size):
+            errors += [(f.source_uri, f.member, f.error) for f in batch.failed]
+            if batch.tensor is None:
+                continue
+            feats, grid = self.embedder(batch.tensor)
+            chunks.append(feats.reshape(-1, feats.shape[-1]).float().cpu().numpy())
+            n_images += len(batch.items)
+        features_s = time.perf_counter() - start
+        if not chunks:
+            return {"features": None, "n_images": 0, "n_patches": 0, "errors": errors, "grid": None,
+                    "features_s": features_s, "coreset_s": 0.0}
+        features = np.concatenate(chunks)
+        del chunks
+        start = time.perf_counter()
+        budget = local_budget(len(features), pc.coreset_ratio, n_shards, pc.local_oversample)
+        keep = greedy_kcenter(project(features, self.projection), budget, seed=pc.seed)
+        return {"features": features[np.sort(keep)], "n_images": n_images, "n_patches": len(features),
+                "errors": errors, "grid": grid, "features_s": features_s,
+                "coreset_s": time.perf_counter() - start}
+
+    def calibration_scores(self, units: list[WorkUnit], index_bytes: bytes, meta: BankMetadata) -> list[float]:
+        detector = PatchCoreDetector(self.embedder, bank_index.deserialize(index_bytes), meta, self.device)
+        scores: list[float] = []
+        for unit in units:
+            for batch in iter_batches(self.storage, unit, self.cfg.decode, meta.image_size,
+                                      self.cfg.patchcore.batch_size):
+                if batch.tensor is not None:
+                    scores += detector.score(batch.tensor).scores.tolist()
+        return scores
+
+
+def split_calibration(listing: Listing, fraction: float) -> tuple[Listing, list[str]]:
+    """Hold out a deterministic ``fraction`` of loose images (at least one) to calibrate the threshold."""
+    if fraction <= 0 or len(listing.images) < 2:
+        return listing, []
+    ordered = sorted(listing.images, key=stable_hash)
+    n_cal = max(1, round(fraction * len(ordered)))
+    held = set(ordered[:n_cal])
+    train = [u for u in listing.images if u not in held]
+    return Listing(train, listing.tars, listing.skipped), sorted(held)
+
+
+def run_fit(cfg: FitConfig) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    pc = cfg.patchcore
+    storage = Storage(cfg.storage)
+    storage.check_reachable(cfg.normal, "normal")
+    storage.check_reachable(cfg.bank, "bank")
+    listing = list_inputs(storage, cfg.normal)
+    if not listing.images and not listing.tars:
+        raise ValueError(f"normal={cfg.normal}: no images or .tar shards found")
+    train, calibration = split_calibration(listing, pc.calibration_fraction)
+    n_buckets = max(math.ceil(len(train.images) / pc.images_per_shard), min(cfg.runtime.workers, len(train.images)))
+    units, _ = plan_units(train, pc.images_per_shard, n_buckets=max(1, n_buckets))
+    n_shards = len(units)
+
+    init_ray(cfg.runtime)
+    pool = WorkerPool(FitWorker, (cfg,), cfg.runtime, size=min(cfg.runtime.workers, n_shards))
+    weights_fingerprint = pool.call(0, "ready")
+    for i in range(1, len(pool.actors)):
+        pool.call(i, "ready")
+    startup_s = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    coresets, errors, n_images, n_patches, grid, worker_s = [], [], 0, 0, None, []
+    for unit, result, exc in pool.map("extract_and_reduce", units, "fit shards", extra=lambda _u: (n_shards,)):
+        if exc is not None:
+            raise RuntimeError(f"fit shard {unit.unit_id} failed: {exc}") from exc
+        errors += result["errors"]
+        worker_s.append((result["features_s"], result["coreset_s"]))
+        if result["features"] is not None:
+            coresets.append(result["features"])
+            n_images += result["n_images"]
+            n_patches += result["n_patches"]
+            grid = result["grid"]
+    if not coresets:
+        raise ValueError(f"normal={cfg.normal}: none of the {len(errors)} inputs could be decoded")
+    round1_s = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    union = np.concatenate(coresets)
+    del coresets
+    k = min(len(union), math.ceil(pc.coreset_ratio * n_patches))
+    if len(union) > k:
+        projection = random_projection(pc.embed_dim, pc.coreset_projection_dim, pc.seed)
+        union = union[np.sort(greedy_kcenter(project(union, projection), k, seed=pc.seed))]
+    merge_s = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    index_bytes = bank_index.serialize(bank_index.build_index(union))
+    index_s = time.perf_counter() - t3
+    meta = BankMetadata(
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), normal_uri=cfg.normal,
+        backbone=pc.backbone, weights=pc.weights, weights_fingerprint=weights_fingerprint, seed=pc.seed,
+        layers=pc.layers, image_size=pc.image_size, pretrain_embed_dim=pc.pretrain_embed_dim,
+        embed_dim=pc.embed_dim, grid=grid, coreset_ratio=pc.coreset_ratio,
+        coreset_projection_dim=pc.coreset_projection_dim, num_neighbors=pc.num_neighbors, reweight=pc.reweight,
+        sigma=pc.sigma, n_images=n_images, n_errors=len(errors), n_patches=n_patches, n_bank=len(union),
+        n_shards=n_shards, threshold=None, calibration={}, fingerprint=fingerprint(union),
+    )
+
+    t4 = time.perf_counter()
+    if calibration:
+        cal_units, _ = plan_units(Listing(calibration, [], []), len(calibration))
+        cal_scores = np.array(pool.call(0, "calibration_scores", cal_units, index_bytes, meta))
+        if len(cal_scores):
+            meta.threshold = float(cal_scores.max())
+            meta.calibration = {"n": float(len(cal_scores)), "mean": float(cal_scores.mean()),
+                                "std": float(cal_scores.std()), "max": float(cal_scores.max())}
+    calibration_s = time.perf_counter() - t4
+    pool.shutdown()
+
+    meta = publish_bank(storage, cfg.bank, index_bytes, meta)
+    summary = {
+        "bank": cfg.bank, "version": meta.version, "fingerprint": meta.fingerprint,
+        "n_inputs": len(listing.images) + len(listing.tars), "n_train_images": n_images,
+        "n_calibration_images": len(calibration), "n_errors": len(errors), "n_patches": n_patches,
+        "n_bank": meta.n_bank, "n_shards": n_shards, "threshold": meta.threshold,
+        "errors": [{"source_uri": s, "member": m, "error": e} for s, m, e in errors],
+        "seconds": {"startup": startup_s, "features_and_local_coreset": round1_s, "coreset_merge": merge_s,
+                    "index": index_s, "calibration": calibration_s,
+                    "fit": round1_s + merge_s + index_s + calibration_s,
+                    "worker_features_sum": sum(f for f, _ in worker_s),
+                    "worker_coreset_sum": sum(c for _, c in worker_s),
+                    "total": time.perf_counter() - t0},
+    }
+    with start_run(cfg.tracking, f"fit-{meta.version}", "fit") as run:
+        run.params(flatten(cfg.model_dump()) | {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint})
+        run.tags({"bank_uri": cfg.bank, "bank_version": meta.version, "normal_uri": cfg.normal})
+        run.metrics({"n_train_images": n_images, "n_errors": len(errors), "n_patches": n_patches,
+                     "n_bank": meta.n_bank} | {f"seconds_{k}": v for k, v in summary["seconds"].items()})
+        run.json_artifact("bank.json", meta.model_dump())
+        run.json_artifact("fit_summary.json", summary)
+        if len(index_bytes) <= MAX_LOGGED_INDEX_BYTES:
+            run.file_artifact("index.faiss", index_bytes, folder="bank")
+        summary["mlflow_run_id"] = run.run_id
+    return summary

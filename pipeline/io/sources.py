@@ -1,0 +1,127 @@
+"""List an input URI and cut it into deterministic work units.
+
+A work unit is the unit of scheduling, retry, output and resume. Loose image files go to
+``hash(uri) % n_buckets`` buckets (stable across runs: the bucket count is stored in the run
+manifest); each ``.tar`` shard is one unit of its own and is streamed member by member, so
+nothing is ever extracted to disk and a member's name can never escape anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pipeline.config import DecodeSettings
+from pipeline.io.storage import Storage, StorageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
+
+
+def stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big")
+
+
+def is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def is_tar(name: str) -> bool:
+    return name.lower().endswith(TAR_EXTENSIONS)
+
+
+@dataclass(frozen=True)
+class Listing:
+    images: list[str]
+    tars: list[str]
+    skipped: list[str]  # files that are neither images nor tar shards
+
+
+def list_inputs(storage: Storage, uri: str) -> Listing:
+    images, tars, skipped = [], [], []
+    for path in storage.list_files(uri):
+        base = posixpath.basename(path)
+        if base.startswith((".", "_")):
+            continue
+        if is_image(base):
+            images.append(path)
+        elif is_tar(base):
+            tars.append(path)
+        else:
+            skipped.append(path)
+    return Listing(images, tars, skipped)
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    unit_id: str
+    files: tuple[str, ...] = ()
+    tar: str | None = None
+
+    def fingerprint(self) -> str:
+        """Identifies the unit's inputs: a completed unit is skipped only if this still matches."""
+        text = self.tar if self.tar else "\n".join(self.files)
+        return hashlib.sha1(text.encode()).hexdigest()
+
+
+def plan_units(listing: Listing, images_per_unit: int, n_buckets: int | None = None) -> tuple[list[WorkUnit], int]:
+    """Units for a listing; ``n_buckets`` is reused from an earlier run so unit ids stay stable."""
+    if n_buckets is None:
+        n_buckets = max(1, math.ceil(len(listing.images) / images_per_unit))
+    buckets: dict[int, list[str]] = {}
+    for uri in listing.images:
+        buckets.setdefault(stable_hash(uri) % n_buckets, []).append(uri)
+    units = [WorkUnit(f"u{b:05d}", files=tuple(sorted(files))) for b, files in sorted(buckets.items())]
+    units += [WorkUnit(f"t{stable_hash(t):016x}", tar=t) for t in listing.tars]
+    return units, n_buckets
+
+
+@dataclass
+class RawItem:
+    """Bytes of one input (or why they could not be had)."""
+
+    source_uri: str
+    member: str | None
+    data: bytes | None
+    error: str | None = None
+
+
+def _read_capped(storage: Storage, uri: str, limit: int) -> bytes:
+    with storage.open_read(uri) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"file larger than decode.max_file_bytes={limit}")
+    return data
+
+
+def iter_unit_items(storage: Storage, unit: WorkUnit, decode: DecodeSettings) -> Iterator[RawItem]:
+    """Yield every input of ``unit``; failures become items with ``error`` set, never exceptions."""
+    for uri in unit.files:
+        try:
+            yield RawItem(uri, None, _read_capped(storage, uri, decode.max_file_bytes))
+        except (StorageError, OSError, ValueError) as exc:
+            yield RawItem(uri, None, None, f"read failed: {exc}")
+    if unit.tar is not None:
+        yield from _iter_tar(storage, unit.tar, decode)
+
+
+def _iter_tar(storage: Storage, uri: str, decode: DecodeSettings) -> Iterator[RawItem]:
+    seen = 0
+    try:
+        with storage.open_read(uri) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile() or not is_image(member.name):
+                    continue  # directories, links, devices and non-images are not inputs
+                seen += 1
+                if member.size > decode.max_file_bytes:
+                    yield RawItem(uri, member.name, None,
+                                  f"member larger than decode.max_file_bytes={decode.max_file_bytes}")
+                    continue
+                extracted = tar.extractfile(member)
+                yield RawItem(uri, member.name, extracted.read() if extracted else b"")
+    except (tarfile.TarError, OSError, EOFError, StorageError) as exc:
+        yield RawItem(uri, None, None, f"tar shard unreadable after {seen} members: {type(exc).__name__}: {exc}")
