@@ -8,6 +8,7 @@ holes drawn onto other crops.
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,22 @@ def make_dataset(root: str | Path, n_train: int = 24, n_test_good: int = 8, n_te
         Image.fromarray(img).save(root / "test/defect" / f"{i:04d}.png")
         Image.fromarray(mask).save(root / "ground_truth/defect" / f"{i:04d}_mask.png")
     return root
+
+
+def make_archive(data: Path, archive: Path) -> Path:
+    """The archive to score: test images as loose files and as a tar shard, plus broken files."""
+    archive.mkdir(parents=True, exist_ok=True)
+    for sub in ("good", "defect"):
+        target = archive / "loose" / sub
+        target.mkdir(parents=True, exist_ok=True)
+        for src in sorted((data / "test" / sub).glob("*.png")):
+            (target / src.name).write_bytes(src.read_bytes())
+    with tarfile.open(archive / "shard-0000.tar", "w") as tar:
+        for src in sorted((data / "test").rglob("*.png")):
+            tar.add(src, arcname=f"{src.parent.name}/{src.name}")
+    (archive / "broken").mkdir(exist_ok=True)
+    (archive / "broken" / "zero-bytes.png").write_bytes(b"")
+    good = next((data / "test" / "good").glob("*.png")).read_bytes()
+    (archive / "broken" / "truncated.png").write_bytes(good[: len(good) // 3])
+    (archive / "broken" / "not-an-image.jpg").write_bytes(b"plain text, not a JPEG")
+    return archive

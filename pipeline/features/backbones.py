@@ -60,7 +60,9 @@ def build_classifier(name: str, weights: str, seed: int, storage: Storage) -> tu
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing:
-        raise WeightsError(f"patchcore.weights={weights}: missing {len(missing)} tensors for {name}, e.g. {missing[:3]}")
+        raise WeightsError(
+            f"patchcore.weights={weights}: missing {len(missing)} tensors for {name}, e.g. {missing[:3]}"
+        )
     return model, fingerprint
 
 

@@ -1,0 +1,53 @@
+"""Shared fixtures: one real local Ray runtime, a real S3 server (moto) on loopback, data."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from pipeline.demo_data import make_dataset
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"), n_train=12, n_test_good=4, n_test_defect=4, size=96)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server in this process, over HTTP on loopback (as s3fs tests itself)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ[key] = value
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def small_patchcore(**extra) -> dict:
+    return {"image_size": 64, "batch_size": 4} | extra

@@ -1,0 +1,104 @@
+"""fit + score on a real local Ray runtime, local folders and a real MLflow (sqlite) store."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pyarrow.dataset as pads
+import pytest
+from conftest import small_patchcore
+
+from pipeline.config import FitConfig, ScoreConfig
+from pipeline.demo_data import make_archive
+from pipeline.fit import run_fit
+from pipeline.io.sinks import ROW_SCHEMA
+from pipeline.score import run_score
+
+
+@pytest.fixture(scope="module")
+def fitted(ray_runtime, dataset, tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    tracking = {"tracking_uri": f"sqlite:///{work}/mlflow.db"}
+    fit = run_fit(FitConfig.model_validate({
+        "normal": str(dataset / "train" / "good"), "bank": str(work / "bank"),
+        "patchcore": small_patchcore(), "runtime": {"workers": 2}, "tracking": tracking}))
+    return work, fit, tracking
+
+
+def score_cfg(work: Path, archive: Path, tracking: dict, **extra) -> ScoreConfig:
+    return ScoreConfig.model_validate({
+        "input": str(archive), "bank": str(work / "bank"), "output": str(work / "results"),
+        "images_per_unit": 4, "runtime": {"workers": 2}, "tracking": tracking} | extra)
+
+
+def read_rows(output: str) -> list[dict]:
+    table = pads.dataset(f"{output}/scores", format="parquet").to_table()
+    assert table.schema.equals(ROW_SCHEMA)
+    return table.to_pylist()
+
+
+def test_fit_publishes_a_versioned_bank_with_metadata(fitted):
+    work, fit, tracking = fitted
+    meta = json.loads((work / "bank" / "v0001" / "bank.json").read_text())
+    assert json.loads((work / "bank" / "latest.json").read_text()) == {"version": "v0001"}
+    assert meta["n_images"] == 11 and fit["n_calibration_images"] == 1  # 12 normal, 10 % held out
+    assert meta["n_patches"] == 11 * 64 and meta["n_bank"] == round(0.1 * 11 * 64 + 0.5)
+    assert meta["backbone"] == "resnet18" and meta["layers"] == ["layer2", "layer3"]
+    assert meta["fingerprint"].startswith("sha256:") and meta["threshold"] > 0
+    run = mlflow.MlflowClient(tracking["tracking_uri"]).get_run(fit["mlflow_run_id"])
+    assert run.data.params["bank.fingerprint"] == meta["fingerprint"]
+    assert run.data.metrics["n_bank"] == meta["n_bank"]
+
+
+def test_score_accounts_for_every_input_and_resumes_without_duplicates(fitted, dataset):
+    work, _, tracking = fitted
+    archive = make_archive(dataset, work / "archive")
+    summary = run_score(score_cfg(work, archive, tracking, run_name="nightly"))
+    rows = read_rows(summary["output"])
+    # 8 loose + 8 tar members + 3 broken files
+    assert len(rows) == summary["n_inputs"] == 19 and summary["n_errors"] == 3
+    errors = {Path(r["source_uri"]).name: r["error"] for r in rows if r["status"] == "error"}
+    assert set(errors) == {"zero-bytes.png", "truncated.png", "not-an-image.jpg"}
+    assert "empty file" in errors["zero-bytes.png"] and "truncated" in errors["truncated.png"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert all(Path(r["heatmap_uri"]).is_file() for r in ok)
+    expected_members = {f"{s}/{i:04d}.png" for s in ("good", "defect") for i in range(4)}
+    assert {r["member"] for r in ok if r["member"]} == expected_members
+    loose = {Path(r["source_uri"]).parent.name + "/" + Path(r["source_uri"]).name: r["score"]
+             for r in ok if not r["member"]}
+    tarred = {r["member"]: r["score"] for r in ok if r["member"]}
+    assert loose == pytest.approx(tarred, rel=1e-4)  # same image, same score, whatever the container
+    defect = [s for k, s in loose.items() if k.startswith("defect")]
+    good = [s for k, s in loose.items() if k.startswith("good")]
+    assert sum(defect) > sum(good)
+
+    run = mlflow.MlflowClient(tracking["tracking_uri"]).get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["inputs"] == 19 and run.data.metrics["errors"] == 3
+    assert run.data.params["bank.version"] == "v0001"
+
+    again = run_score(score_cfg(work, archive, tracking, run_name="nightly"))
+    assert again["n_units_skipped_as_complete"] == again["n_units"] and again["n_inputs"] == 19
+    assert len(read_rows(summary["output"])) == 19
+
+    # a unit that died half-way: its marker never came; its part holds garbage
+    out = Path(summary["output"])
+    victim = sorted((out / "_markers").glob("u*.json"))[0]
+    victim.unlink()
+    part = out / "scores" / f"part-{victim.stem}.parquet"
+    part.write_bytes(b"partial write")
+    third = run_score(score_cfg(work, archive, tracking, run_name="nightly"))
+    assert third["n_units_skipped_as_complete"] == third["n_units"] - 1
+    after = read_rows(summary["output"])
+    assert len(after) == 19
+    assert sorted((r["source_uri"], r["member"] or "") for r in after) == \
+        sorted((r["source_uri"], r["member"] or "") for r in rows)
+
+
+def test_resume_refuses_a_different_input(fitted, dataset, tmp_path):
+    from pipeline.config import ConfigError
+
+    work, _, tracking = fitted
+    archive = make_archive(dataset, tmp_path / "a")
+    run_score(score_cfg(work, archive, tracking, run_name="once", heatmaps="none"))
+    with pytest.raises(ConfigError, match="run_name=once.*input"):
+        run_score(score_cfg(work, dataset / "test", tracking, run_name="once"))

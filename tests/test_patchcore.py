@@ -1,0 +1,76 @@
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.config import PatchCoreSettings, StorageSettings
+from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder
+from pipeline.features.preprocess import gaussian_blur, to_input_tensor
+from pipeline.io.storage import Storage
+from pipeline.memory_bank.bank import BankMetadata
+from pipeline.memory_bank.index import build_index
+
+STORAGE = Storage(StorageSettings())
+
+
+def load(folder) -> torch.Tensor:
+    return torch.stack([to_input_tensor(np.array(Image.open(p).convert("RGB")), 64)
+                        for p in sorted(folder.glob("*.png"))])
+
+
+def detector_for(dataset, **overrides) -> PatchCoreDetector:
+    settings = PatchCoreSettings(image_size=64, **overrides)
+    embedder, fp = build_embedder(settings, STORAGE)
+    feats, grid = embedder(load(dataset / "train" / "good"))
+    bank = feats.reshape(-1, feats.shape[-1]).numpy()
+    meta = BankMetadata(created_at="now", normal_uri="x", backbone=settings.backbone, weights="none",
+                        weights_fingerprint=fp, seed=0, layers=settings.layers, image_size=64,
+                        pretrain_embed_dim=settings.pretrain_embed_dim, embed_dim=settings.embed_dim, grid=grid,
+                        coreset_ratio=1.0, coreset_projection_dim=128, num_neighbors=settings.num_neighbors,
+                        reweight=settings.reweight, sigma=settings.sigma, n_images=12, n_errors=0,
+                        n_patches=len(bank), n_bank=len(bank), n_shards=1, threshold=None, calibration={},
+                        fingerprint="sha256:x")
+    return PatchCoreDetector(embedder, build_index(bank), meta)
+
+
+def test_patch_features_have_the_configured_shape():
+    embedder, fingerprint = build_embedder(PatchCoreSettings(embed_dim=96), STORAGE)
+    feats, grid = embedder(torch.rand(2, 3, 64, 64))
+    assert grid == (8, 8) and feats.shape == (2, 64, 96) and fingerprint == "random:seed=0"
+
+
+def test_training_images_score_zero_and_defects_peak_inside_their_mask(dataset):
+    det = detector_for(dataset)
+    train = det.score(load(dataset / "train" / "good"))
+    defects = det.score(load(dataset / "test" / "defect"))
+    assert train.scores.max() < 0.02 * defects.scores.mean()  # zero up to float rounding
+    good = det.score(load(dataset / "test" / "good"))
+    assert defects.maps.shape == (4, 64, 64)
+    assert defects.scores.mean() > good.scores.mean()
+    for i, mask_path in enumerate(sorted((dataset / "ground_truth" / "defect").glob("*.png"))):
+        mask = np.asarray(Image.open(mask_path).resize((64, 64))) > 127
+        assert defects.maps[i][mask].mean() > defects.maps[i][~mask].mean()
+
+
+def test_reweighting_damps_but_keeps_scores_positive(dataset):
+    images = load(dataset / "test" / "defect")
+    raw = detector_for(dataset).score(images).scores
+    weighted = detector_for(dataset, reweight=True).score(images).scores
+    assert np.all(weighted <= raw + 1e-6) and np.all(weighted > 0)
+
+
+def test_score_of_an_image_does_not_depend_on_its_batch(dataset):
+    det = detector_for(dataset)
+    images = load(dataset / "test" / "defect")
+    together = det.score(images).scores
+    alone = np.array([det.score(images[i:i + 1]).scores[0] for i in range(len(images))])
+    assert np.allclose(together, alone, rtol=1e-4)
+
+
+def test_gaussian_blur_matches_scipy_style_kernel_and_keeps_mass():
+    impulse = torch.zeros(1, 65, 65)
+    impulse[0, 32, 32] = 1.0
+    out = gaussian_blur(impulse, 4.0)
+    assert abs(out.sum().item() - 1.0) < 1e-4
+    expected = np.exp(-0.5 * (np.arange(-16, 17) / 4.0) ** 2)
+    expected /= expected.sum()
+    assert np.allclose(out[0, 32, 16:49].numpy(), expected * expected[16], atol=1e-6)
