@@ -67,6 +67,8 @@ class PatchCoreSettings(_Strict):
     sigma: float = Field(4.0, ge=0)
     calibration_fraction: float = Field(0.1, ge=0, lt=1)
     batch_size: int = Field(8, ge=1, le=1024)
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32", description="backbone arithmetic; bfloat16 is faster on CPUs with AVX512-BF16/AMX and on GPUs")
     images_per_shard: int = Field(512, ge=1)
 
     @field_validator("layers")

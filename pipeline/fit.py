@@ -153,7 +153,8 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
         layers=pc.layers, image_size=pc.image_size, pretrain_embed_dim=pc.pretrain_embed_dim,
         embed_dim=pc.embed_dim, grid=grid, coreset_ratio=pc.coreset_ratio,
         coreset_projection_dim=pc.coreset_projection_dim, num_neighbors=pc.num_neighbors, reweight=pc.reweight,
-        sigma=pc.sigma, n_images=n_images, n_errors=len(errors), n_patches=n_patches, n_bank=len(union),
+        sigma=pc.sigma, precision=pc.precision, n_images=n_images, n_errors=len(errors), n_patches=n_patches,
+        n_bank=len(union),
         n_shards=n_shards, threshold=None, calibration={}, fingerprint=fingerprint(union),
     )
 

@@ -38,6 +38,34 @@ def test_patch_features_have_the_configured_shape():
     assert grid == (8, 8) and feats.shape == (2, 64, 96) and fingerprint == "random:seed=0"
 
 
+def official_recipe(taps: dict, layers: list[str], pretrain_dim: int, embed_dim: int) -> torch.Tensor:
+    """PatchCore's official feature recipe, literally: unfold, pool, upsample, concat, pool."""
+    grid = taps[layers[0]].shape[-2:]
+    batch = taps[layers[0]].shape[0]
+    pooled = []
+    for layer in layers:
+        fmap = taps[layer]
+        h, w = fmap.shape[-2:]
+        patches = torch.nn.functional.unfold(fmap, 3, padding=1).reshape(batch, -1, h, w)
+        if (h, w) != tuple(grid):
+            patches = torch.nn.functional.interpolate(patches, size=grid, mode="bilinear", align_corners=False)
+        flat = patches.permute(0, 2, 3, 1).reshape(-1, 1, patches.shape[1])
+        pooled.append(torch.nn.functional.adaptive_avg_pool1d(flat, pretrain_dim))
+    stacked = torch.cat(pooled, dim=2)
+    return torch.nn.functional.adaptive_avg_pool1d(stacked, embed_dim).reshape(batch, -1, embed_dim)
+
+
+def test_folded_convolution_equals_the_official_unfold_and_pool_recipe():
+    settings = PatchCoreSettings(embed_dim=384)
+    embedder, _ = build_embedder(settings, STORAGE)
+    images = torch.rand(2, 3, 64, 64)
+    ours, _ = embedder(images)
+    with torch.inference_mode():
+        taps = embedder.backbone((images - embedder.mean) / embedder.std)
+    reference = official_recipe(taps, settings.layers, settings.pretrain_embed_dim, settings.embed_dim)
+    assert torch.allclose(ours, reference, atol=1e-5, rtol=1e-4)
+
+
 def test_training_images_score_zero_and_defects_peak_inside_their_mask(dataset):
     det = detector_for(dataset)
     train = det.score(load(dataset / "train" / "good"))

@@ -24,10 +24,11 @@ from pipeline.memory_bank.bank import BankMetadata, load_bank, resolve_bank_uri
 
 
 def build_embedder(settings: PatchCoreSettings, storage: Storage, device: str = "cpu") -> tuple[PatchEmbedder, str]:
-    backbone, weights_fingerprint = build_backbone(
+    backbone, channels, weights_fingerprint = build_backbone(
         settings.backbone, settings.layers, settings.weights, settings.seed, storage
     )
-    embedder = PatchEmbedder(backbone, settings.layers, settings.pretrain_embed_dim, settings.embed_dim)
+    embedder = PatchEmbedder(backbone, settings.layers, channels, settings.pretrain_embed_dim, settings.embed_dim,
+                             settings.precision)
     return embedder.to(device).eval(), weights_fingerprint
 
 
@@ -36,7 +37,7 @@ def settings_from_metadata(meta: BankMetadata) -> PatchCoreSettings:
         backbone=meta.backbone, weights=meta.weights, seed=meta.seed, layers=meta.layers,
         image_size=meta.image_size, pretrain_embed_dim=meta.pretrain_embed_dim, embed_dim=meta.embed_dim,
         coreset_ratio=meta.coreset_ratio, coreset_projection_dim=meta.coreset_projection_dim,
-        num_neighbors=meta.num_neighbors, reweight=meta.reweight, sigma=meta.sigma,
+        num_neighbors=meta.num_neighbors, reweight=meta.reweight, sigma=meta.sigma, precision=meta.precision,
     )
 
 

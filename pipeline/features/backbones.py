@@ -66,9 +66,13 @@ def build_classifier(name: str, weights: str, seed: int, storage: Storage) -> tu
     return model, fingerprint
 
 
-def build_backbone(name: str, layers: list[str], weights: str, seed: int, storage: Storage) -> tuple[nn.Module, str]:
-    """A frozen module returning ``{layer: feature map}`` for ``layers``; later layers are never run."""
+def build_backbone(name: str, layers: list[str], weights: str, seed: int, storage: Storage
+                   ) -> tuple[nn.Module, list[int], str]:
+    """A frozen module returning ``{layer: feature map}`` for ``layers`` (later layers are never
+    run), the channel count of each tap, and the weights' fingerprint."""
     model, fingerprint = build_classifier(name, weights, seed, storage)
     taps = create_feature_extractor(model, return_nodes={layer: layer for layer in layers})
     taps.eval().requires_grad_(False)
-    return taps, fingerprint
+    with torch.inference_mode():
+        probe = taps(torch.zeros(1, 3, 64, 64))
+    return taps, [int(probe[layer].shape[1]) for layer in layers], fingerprint

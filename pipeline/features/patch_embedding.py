@@ -1,10 +1,15 @@
 """PatchCore's locally aware patch features, as in the paper and its official code.
 
-Per tapped layer: every position's 3x3 neighbourhood is unfolded (``C*9`` values) and
-adaptive-average-pooled to ``pretrain_embed_dim``; deeper layers are bilinearly upsampled to
-the first layer's grid; the per-layer vectors are concatenated and pooled again to
-``embed_dim``. Channel pooling and spatial interpolation are both linear on different axes,
-so we pool *before* upsampling: the same numbers for a fraction of the memory traffic.
+The official recipe, per tapped layer: unfold every position's 3x3 neighbourhood (``C*9``
+values, zero padded), adaptive-average-pool that vector to ``pretrain_embed_dim``, upsample
+deeper layers bilinearly to the first layer's grid, concatenate the layers and adaptive-average-
+pool again to ``embed_dim``.
+
+Every step but the upsampling is a fixed linear map over channels, and the upsampling is linear
+over space, so they commute. We fold "unfold -> pool -> concat -> pool" into one fixed 3x3
+convolution per layer (``embed_dim`` output channels), run it at the layer's own resolution,
+upsample its output and sum. Same numbers (tested against the literal recipe), a fraction of the
+memory traffic, and oneDNN/cuDNN run it in any precision.
 """
 
 from __future__ import annotations
@@ -16,33 +21,49 @@ from torch import nn
 from pipeline.features.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 
+def adaptive_pool_matrix(length: int, size: int) -> torch.Tensor:
+    """The ``[size, length]`` matrix ``M`` with ``adaptive_avg_pool1d(x, size) == M @ x``."""
+    eye = torch.eye(length, dtype=torch.float64).unsqueeze(1)
+    return F.adaptive_avg_pool1d(eye, size).squeeze(1).T.contiguous()
+
+
+def folded_kernels(channels: list[int], pretrain_embed_dim: int, embed_dim: int) -> list[torch.Tensor]:
+    """Per layer, the ``[embed_dim, C, 3, 3]`` kernel equal to unfold + pool + concat + pool."""
+    second = adaptive_pool_matrix(len(channels) * pretrain_embed_dim, embed_dim)
+    kernels = []
+    for i, c in enumerate(channels):
+        first = adaptive_pool_matrix(c * 9, pretrain_embed_dim)
+        block = second[:, i * pretrain_embed_dim:(i + 1) * pretrain_embed_dim] @ first
+        kernels.append(block.reshape(embed_dim, c, 3, 3).float())
+    return kernels
+
+
 class PatchEmbedder(nn.Module):
-    def __init__(self, backbone: nn.Module, layers: list[str], pretrain_embed_dim: int, embed_dim: int):
+    def __init__(self, backbone: nn.Module, layers: list[str], channels: list[int], pretrain_embed_dim: int,
+                 embed_dim: int, precision: str = "float32"):
         super().__init__()
-        self.backbone = backbone
+        self.backbone = backbone.to(memory_format=torch.channels_last)
         self.layers = list(layers)
-        self.pretrain_embed_dim = pretrain_embed_dim
         self.embed_dim = embed_dim
+        self.precision = precision
+        for layer, kernel in zip(self.layers, folded_kernels(channels, pretrain_embed_dim, embed_dim), strict=True):
+            self.register_buffer(f"kernel_{layer}", kernel, persistent=False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """``images``: float ``[B,3,H,W]`` in 0..1. Returns ``[B, h*w, embed_dim]`` and the grid ``(h, w)``."""
-        taps = self.backbone((images - self.mean) / self.std)
+        """``images``: float ``[B,3,H,W]`` in 0..1. Returns float32 ``[B, h*w, embed_dim]`` and ``(h, w)``."""
+        x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        dtype = torch.bfloat16 if self.precision == "bfloat16" else None
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            taps = self.backbone(x)
+            grid = tuple(taps[self.layers[0]].shape[-2:])
+            out = None
+            for layer in self.layers:
+                y = F.conv2d(taps[layer], getattr(self, f"kernel_{layer}"), padding=1)
+                if tuple(y.shape[-2:]) != grid:
+                    y = F.interpolate(y.float(), size=grid, mode="bilinear", align_corners=False)
+                out = y.float() if out is None else out + y.float()
         batch = images.shape[0]
-        grid = taps[self.layers[0]].shape[-2:]
-        pooled = []
-        for layer in self.layers:
-            fmap = taps[layer]
-            h, w = fmap.shape[-2:]
-            patches = F.unfold(fmap, kernel_size=3, padding=1)  # [B, C*9, h*w]
-            flat = patches.transpose(1, 2).reshape(batch * h * w, 1, -1)
-            reduced = F.adaptive_avg_pool1d(flat, self.pretrain_embed_dim)  # [B*h*w, 1, P]
-            reduced = reduced.reshape(batch, h, w, -1).permute(0, 3, 1, 2)
-            if (h, w) != tuple(grid):
-                reduced = F.interpolate(reduced, size=grid, mode="bilinear", align_corners=False)
-            pooled.append(reduced.permute(0, 2, 3, 1).reshape(batch * grid[0] * grid[1], 1, -1))
-        stacked = torch.cat(pooled, dim=2)
-        embedded = F.adaptive_avg_pool1d(stacked, self.embed_dim)
-        return embedded.reshape(batch, grid[0] * grid[1], self.embed_dim), (int(grid[0]), int(grid[1]))
+        return out.permute(0, 2, 3, 1).reshape(batch, grid[0] * grid[1], self.embed_dim), (int(grid[0]), int(grid[1]))

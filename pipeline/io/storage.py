@@ -56,6 +56,10 @@ class Storage:
             raise StorageError(f"unsupported URI scheme in {uri!r}: use a local path, file:// or s3://")
         return fsspec.filesystem("file"), os.path.abspath(uri)
 
+    def canonical(self, uri: str) -> str:
+        """The form :meth:`list_files` reports ``uri`` in (absolute local path, or ``s3://...``)."""
+        return uri.rstrip("/") if self.is_remote(uri) else self._fs_for(uri)[1].rstrip("/")
+
     def is_remote(self, uri: str) -> bool:
         return uri.startswith("s3://")
 

@@ -40,6 +40,7 @@ class BankMetadata(BaseModel):
     num_neighbors: int
     reweight: bool
     sigma: float
+    precision: str = "float32"
     n_images: int
     n_errors: int
     n_patches: int
@@ -59,9 +60,9 @@ def _versions(storage: Storage, root: str) -> list[str]:
     if not storage.exists(root):
         return []
     found = set()
+    base = storage.canonical(root) + "/"
     for path in storage.list_files(root):
-        rel = path[len(root.rstrip("/")) + 1:] if path.startswith(root.rstrip("/")) else path
-        head = rel.split("/", 1)[0]
+        head = path[len(base):].split("/", 1)[0] if path.startswith(base) else ""
         if VERSION_PATTERN.match(head):
             found.add(head)
     return sorted(found, key=lambda v: int(v[1:]))
