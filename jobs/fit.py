@@ -17,6 +17,10 @@ FLAGS = [
     ("--embed-dim", "patchcore.embed_dim", int),
     ("--calibration-fraction", "patchcore.calibration_fraction", float),
     ("--seed", "patchcore.seed", int),
+    ("--precision", "patchcore.precision", str),
+    ("--index-dtype", "patchcore.index_dtype", str),
+    ("--shard-vectors", "patchcore.shard_vectors", int),
+    ("--update-from", "update_from", str),
 ]
 
 

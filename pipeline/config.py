@@ -70,6 +70,8 @@ class PatchCoreSettings(_Strict):
     precision: Literal["float32", "bfloat16"] = Field(
         "float32", description="backbone arithmetic; bfloat16 is faster on CPUs with AVX512-BF16/AMX and on GPUs")
     images_per_shard: int = Field(512, ge=1)
+    index_dtype: Literal["float32", "float16"] = Field("float32", description="float16 halves bank memory")
+    shard_vectors: int = Field(1_000_000, ge=1, description="most vectors in one index shard file")
 
     @field_validator("layers")
     @classmethod
@@ -82,6 +84,7 @@ class PatchCoreSettings(_Strict):
 class FitConfig(_Strict):
     normal: str = Field(min_length=1)
     bank: str = Field(min_length=1)
+    update_from: str | None = Field(None, description="bank version to extend with 'normal' ('latest' or vNNNN)")
     patchcore: PatchCoreSettings = PatchCoreSettings()
     decode: DecodeSettings = DecodeSettings()
     storage: StorageSettings = StorageSettings()

@@ -23,10 +23,20 @@ from pipeline.config import FitConfig
 from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder
 from pipeline.io.batches import iter_batches
 from pipeline.io.sources import Listing, WorkUnit, list_inputs, plan_units, stable_hash
-from pipeline.io.storage import Storage
+from pipeline.io.storage import Storage, join
 from pipeline.memory_bank import index as bank_index
-from pipeline.memory_bank.bank import BankMetadata, fingerprint, publish_bank
+from pipeline.memory_bank.bank import (
+    BankMetadata,
+    LineageEntry,
+    fingerprint,
+    listing_fingerprint,
+    load_index,
+    load_metadata,
+    publish_bank,
+    resolve_bank_uri,
+)
 from pipeline.memory_bank.coreset import greedy_kcenter, project, random_projection
+from pipeline.memory_bank.index import ShardedIndex
 from pipeline.runtime import WorkerPool, init_ray, setup_worker_threads
 from pipeline.tracking import flatten, start_run
 
@@ -76,8 +86,9 @@ class FitWorker:
                 "errors": errors, "grid": grid, "features_s": features_s,
                 "coreset_s": time.perf_counter() - start}
 
-    def calibration_scores(self, units: list[WorkUnit], index_bytes: bytes, meta: BankMetadata) -> list[float]:
-        detector = PatchCoreDetector(self.embedder, bank_index.deserialize(index_bytes), meta, self.device)
+    def calibration_scores(self, units: list[WorkUnit], vectors: np.ndarray, meta: BankMetadata) -> list[float]:
+        index = ShardedIndex([bank_index.build_index(vectors, meta.index_dtype)])
+        detector = PatchCoreDetector(self.embedder, index, meta, self.device)
         scores: list[float] = []
         for unit in units:
             for batch in iter_batches(self.storage, unit, self.cfg.decode, meta.image_size,
@@ -98,12 +109,29 @@ def split_calibration(listing: Listing, fraction: float) -> tuple[Listing, list[
     return Listing(train, listing.tars, listing.skipped), sorted(held)
 
 
+FEATURE_SETTINGS = ("backbone", "weights", "seed", "layers", "image_size", "pretrain_embed_dim", "embed_dim",
+                    "precision", "coreset_ratio", "coreset_projection_dim")
+
+
+def _parent(storage: Storage, cfg: FitConfig) -> tuple[FitConfig, BankMetadata | None, np.ndarray | None]:
+    """For an update: the parent bank, its vectors, and ``cfg`` with the parent's feature settings."""
+    if cfg.update_from is None:
+        return cfg, None, None
+    uri = resolve_bank_uri(storage, cfg.bank, cfg.update_from)
+    parent = load_metadata(storage, uri)
+    vectors = load_index(storage, uri, parent).all_vectors()
+    inherited = {k: getattr(parent, k) for k in FEATURE_SETTINGS}
+    cfg = cfg.model_copy(update={"patchcore": cfg.patchcore.model_copy(update=inherited)})
+    return cfg, parent, vectors
+
+
 def run_fit(cfg: FitConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
-    pc = cfg.patchcore
     storage = Storage(cfg.storage)
     storage.check_reachable(cfg.normal, "normal")
     storage.check_reachable(cfg.bank, "bank")
+    cfg, parent, parent_vectors = _parent(storage, cfg)
+    pc = cfg.patchcore
     listing = list_inputs(storage, cfg.normal)
     if not listing.images and not listing.tars:
         raise ValueError(f"normal={cfg.normal}: no images or .tar shards found")
@@ -114,9 +142,11 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
 
     init_ray(cfg.runtime)
     pool = WorkerPool(FitWorker, (cfg,), cfg.runtime, size=min(cfg.runtime.workers, n_shards))
-    weights_fingerprint = pool.call(0, "ready")
-    for i in range(1, len(pool.actors)):
-        pool.call(i, "ready")
+    fingerprints = {pool.call(i, "ready") for i in range(len(pool.actors))}
+    weights_fingerprint = fingerprints.pop()
+    if parent is not None and weights_fingerprint != parent.weights_fingerprint:
+        raise ValueError(f"update_from={parent.version}: backbone weights {pc.weights} changed since that bank "
+                         f"({weights_fingerprint} vs {parent.weights_fingerprint}); fit a new bank instead")
     startup_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -136,61 +166,72 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     round1_s = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    union = np.concatenate(coresets)
+    total_patches = n_patches + (parent.n_patches if parent else 0)
+    union = np.concatenate(([parent_vectors] if parent is not None else []) + coresets)
     del coresets
-    k = min(len(union), math.ceil(pc.coreset_ratio * n_patches))
+    k = min(len(union), math.ceil(pc.coreset_ratio * total_patches))
     if len(union) > k:
         projection = random_projection(pc.embed_dim, pc.coreset_projection_dim, pc.seed)
         union = union[np.sort(greedy_kcenter(project(union, projection), k, seed=pc.seed))]
     merge_s = time.perf_counter() - t2
 
-    t3 = time.perf_counter()
-    index_bytes = bank_index.serialize(bank_index.build_index(union))
-    index_s = time.perf_counter() - t3
+    lineage = (parent.lineage if parent else []) + [LineageEntry(
+        version="", normal_uri=cfg.normal, n_images=n_images,
+        listing_fingerprint=listing_fingerprint(listing.images + listing.tars))]
     meta = BankMetadata(
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), normal_uri=cfg.normal,
+        parent=parent.version if parent else None, lineage=lineage,
         backbone=pc.backbone, weights=pc.weights, weights_fingerprint=weights_fingerprint, seed=pc.seed,
         layers=pc.layers, image_size=pc.image_size, pretrain_embed_dim=pc.pretrain_embed_dim,
         embed_dim=pc.embed_dim, grid=grid, coreset_ratio=pc.coreset_ratio,
         coreset_projection_dim=pc.coreset_projection_dim, num_neighbors=pc.num_neighbors, reweight=pc.reweight,
-        sigma=pc.sigma, precision=pc.precision, n_images=n_images, n_errors=len(errors), n_patches=n_patches,
-        n_bank=len(union),
-        n_shards=n_shards, threshold=None, calibration={}, fingerprint=fingerprint(union),
+        sigma=pc.sigma, precision=pc.precision, index_dtype=pc.index_dtype,
+        n_images=n_images + (parent.n_images if parent else 0), n_errors=len(errors), n_patches=total_patches,
+        n_bank=len(union), n_shards=n_shards, threshold=parent.threshold if parent else None,
+        calibration=parent.calibration if parent else {}, fingerprint=fingerprint(union),
     )
 
-    t4 = time.perf_counter()
+    t3 = time.perf_counter()
     if calibration:
         cal_units, _ = plan_units(Listing(calibration, [], []), len(calibration))
-        cal_scores = np.array(pool.call(0, "calibration_scores", cal_units, index_bytes, meta))
+        cal_scores = np.array(pool.call(0, "calibration_scores", cal_units, union, meta))
         if len(cal_scores):
             meta.threshold = float(cal_scores.max())
             meta.calibration = {"n": float(len(cal_scores)), "mean": float(cal_scores.mean()),
                                 "std": float(cal_scores.std()), "max": float(cal_scores.max())}
-    calibration_s = time.perf_counter() - t4
+    calibration_s = time.perf_counter() - t3
     pool.shutdown()
 
-    meta = publish_bank(storage, cfg.bank, index_bytes, meta)
+    t4 = time.perf_counter()
+    meta = publish_bank(storage, cfg.bank, union, meta, pc.shard_vectors)
+    publish_s = time.perf_counter() - t4
     summary = {
-        "bank": cfg.bank, "version": meta.version, "fingerprint": meta.fingerprint,
+        "bank": cfg.bank, "version": meta.version, "parent": meta.parent, "fingerprint": meta.fingerprint,
         "n_inputs": len(listing.images) + len(listing.tars), "n_train_images": n_images,
         "n_calibration_images": len(calibration), "n_errors": len(errors), "n_patches": n_patches,
-        "n_bank": meta.n_bank, "n_shards": n_shards, "threshold": meta.threshold,
+        "n_bank": meta.n_bank, "n_index_shards": len(meta.shards), "n_feature_shards": n_shards,
+        "threshold": meta.threshold,
         "errors": [{"source_uri": s, "member": m, "error": e} for s, m, e in errors],
         "seconds": {"startup": startup_s, "features_and_local_coreset": round1_s, "coreset_merge": merge_s,
-                    "index": index_s, "calibration": calibration_s,
-                    "fit": round1_s + merge_s + index_s + calibration_s,
+                    "calibration": calibration_s, "index_and_publish": publish_s,
+                    "fit": round1_s + merge_s + calibration_s + publish_s,
                     "worker_features_sum": sum(f for f, _ in worker_s),
                     "worker_coreset_sum": sum(c for _, c in worker_s),
                     "total": time.perf_counter() - t0},
     }
     with start_run(cfg.tracking, f"fit-{meta.version}", "fit") as run:
-        run.params(flatten(cfg.model_dump()) | {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint})
-        run.tags({"bank_uri": cfg.bank, "bank_version": meta.version, "normal_uri": cfg.normal})
+        run.params(flatten(cfg.model_dump()) | {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint,
+                                               "bank.parent": meta.parent})
+        run.tags({"bank_uri": cfg.bank, "bank_version": meta.version, "bank_parent": meta.parent or "",
+                  "normal_uri": cfg.normal})
         run.metrics({"n_train_images": n_images, "n_errors": len(errors), "n_patches": n_patches,
                      "n_bank": meta.n_bank} | {f"seconds_{k}": v for k, v in summary["seconds"].items()})
         run.json_artifact("bank.json", meta.model_dump())
+        run.json_artifact("lineage.json", [e.model_dump() for e in meta.lineage])
         run.json_artifact("fit_summary.json", summary)
-        if len(index_bytes) <= MAX_LOGGED_INDEX_BYTES:
-            run.file_artifact("index.faiss", index_bytes, folder="bank")
+        bank_uri = join(cfg.bank, meta.version)
+        if sum(s.n_vectors for s in meta.shards) * meta.embed_dim * 4 <= MAX_LOGGED_INDEX_BYTES:
+            for shard in meta.shards:
+                run.file_artifact(shard.file, storage.read_bytes(join(bank_uri, shard.file)), folder="bank")
         summary["mlflow_run_id"] = run.run_id
     return summary

@@ -18,7 +18,7 @@ from pipeline.io import sinks
 from pipeline.io.batches import iter_batches
 from pipeline.io.sources import WorkUnit, iter_unit_items, list_inputs, plan_units
 from pipeline.io.storage import Storage, StorageError, join
-from pipeline.memory_bank.bank import load_bank, resolve_bank_uri
+from pipeline.memory_bank.bank import load_metadata, resolve_bank_uri
 from pipeline.runtime import WorkerPool, init_ray, setup_worker_threads
 from pipeline.tracking import flatten, start_run
 
@@ -114,7 +114,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     storage.check_reachable(cfg.output, "output")
     storage.check_reachable(cfg.bank, "bank")
     bank_uri = resolve_bank_uri(storage, cfg.bank, cfg.bank_version)
-    meta, _ = load_bank(storage, bank_uri)
+    meta = load_metadata(storage, bank_uri)
     run_id = cfg.run_name or "score-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
     listing = list_inputs(storage, cfg.input)

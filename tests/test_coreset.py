@@ -5,7 +5,7 @@ import torch
 
 from pipeline.fit import local_budget
 from pipeline.memory_bank.coreset import covering_radius, greedy_kcenter, project, random_projection
-from pipeline.memory_bank.index import build_index, knn
+from pipeline.memory_bank.index import ShardedIndex, build_index
 
 
 def naive_greedy(x: np.ndarray, k: int, seed: int) -> list[int]:
@@ -56,7 +56,7 @@ def test_projection_is_seeded_and_shrinks():
 def test_faiss_knn_matches_torch_cdist():
     rng = np.random.default_rng(0)
     bank, queries = rng.normal(size=(500, 48)).astype(np.float32), rng.normal(size=(200, 48)).astype(np.float32)
-    dist, ids = knn(build_index(bank), queries, 3)
+    dist, ids = ShardedIndex([build_index(bank)]).search(queries, 3)
     ref = torch.cdist(torch.from_numpy(queries).double(), torch.from_numpy(bank).double())
     ref_d, ref_i = ref.topk(3, largest=False)
     assert np.array_equal(ids, ref_i.numpy())

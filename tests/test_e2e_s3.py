@@ -34,7 +34,7 @@ def test_fit_and_score_on_s3(ray_runtime, dataset, s3, s3_endpoint, tmp_path):
     fit = run_fit(FitConfig.model_validate({
         "normal": "s3://normal/line-7", "bank": "s3://banks/line-7", "patchcore": small_patchcore(),
         "storage": storage, "runtime": {"workers": 2}, "tracking": tracking}))
-    assert s3.exists(f"banks/line-7/{fit['version']}/index.faiss")
+    assert s3.exists(f"banks/line-7/{fit['version']}/index-0000.faiss")
 
     summary = run_score(ScoreConfig.model_validate({
         "input": "s3://archive/2026-11-25", "bank": "s3://banks/line-7", "output": "s3://results/line-7",

@@ -7,7 +7,7 @@ from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder
 from pipeline.features.preprocess import gaussian_blur, to_input_tensor
 from pipeline.io.storage import Storage
 from pipeline.memory_bank.bank import BankMetadata
-from pipeline.memory_bank.index import build_index
+from pipeline.memory_bank.index import ShardedIndex, build_index
 
 STORAGE = Storage(StorageSettings())
 
@@ -29,7 +29,7 @@ def detector_for(dataset, **overrides) -> PatchCoreDetector:
                         reweight=settings.reweight, sigma=settings.sigma, n_images=12, n_errors=0,
                         n_patches=len(bank), n_bank=len(bank), n_shards=1, threshold=None, calibration={},
                         fingerprint="sha256:x")
-    return PatchCoreDetector(embedder, build_index(bank), meta)
+    return PatchCoreDetector(embedder, ShardedIndex([build_index(bank)]), meta)
 
 
 def test_patch_features_have_the_configured_shape():

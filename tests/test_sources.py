@@ -84,18 +84,3 @@ def test_oversized_file_is_an_error_item(tmp_path):
     (item,) = iter_unit_items(STORAGE, units[0], DecodeSettings(max_file_bytes=1000))
     assert item.data is None and "max_file_bytes=1000" in item.error
 
-
-def test_bank_versions_count_up_for_relative_and_file_uris(tmp_path, monkeypatch):
-    from pipeline.memory_bank.bank import BankMetadata, publish_bank, resolve_bank_uri
-
-    monkeypatch.chdir(tmp_path)
-    meta = BankMetadata(created_at="t", normal_uri="n", backbone="resnet18", weights="none", weights_fingerprint="f",
-                        seed=0, layers=["layer2"], image_size=64, pretrain_embed_dim=8, embed_dim=8, grid=(8, 8),
-                        coreset_ratio=0.1, coreset_projection_dim=0, num_neighbors=1, reweight=False, sigma=4,
-                        n_images=1, n_errors=0, n_patches=64, n_bank=6, n_shards=1, threshold=None, calibration={},
-                        fingerprint="sha256:0")
-    versions = [publish_bank(STORAGE, root, b"x", meta).version
-                for root in ("banks/a", "banks/a/", f"file://{tmp_path}/banks/a")]
-    assert versions == ["v0001", "v0002", "v0003"]
-    assert resolve_bank_uri(STORAGE, "banks/a", None).endswith("v0003")
-    assert resolve_bank_uri(STORAGE, "banks/a", "v0001").endswith("v0001")

@@ -8,7 +8,6 @@ bilinearly to the input size and smoothed with a Gaussian (sigma 4 by default).
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,8 +18,8 @@ from pipeline.features.backbones import build_backbone
 from pipeline.features.patch_embedding import PatchEmbedder
 from pipeline.features.preprocess import gaussian_blur
 from pipeline.io.storage import Storage
-from pipeline.memory_bank import index as bank_index
-from pipeline.memory_bank.bank import BankMetadata, load_bank, resolve_bank_uri
+from pipeline.memory_bank.bank import BankMetadata, load_index, load_metadata, resolve_bank_uri
+from pipeline.memory_bank.index import ShardedIndex
 
 
 def build_embedder(settings: PatchCoreSettings, storage: Storage, device: str = "cpu") -> tuple[PatchEmbedder, str]:
@@ -44,7 +43,7 @@ def settings_from_metadata(meta: BankMetadata) -> PatchCoreSettings:
 class PatchCoreDetector:
     name = "patchcore"
 
-    def __init__(self, embedder: PatchEmbedder, index: faiss.Index, meta: BankMetadata, device: str = "cpu"):
+    def __init__(self, embedder: PatchEmbedder, index: ShardedIndex, meta: BankMetadata, device: str = "cpu"):
         self.embedder = embedder
         self.index = index
         self.meta = meta
@@ -56,21 +55,20 @@ class PatchCoreDetector:
     @classmethod
     def load(cls, storage: Storage, bank: str, version: str | None = None, device: str = "cpu") -> PatchCoreDetector:
         uri = resolve_bank_uri(storage, bank, version)
-        meta, index_bytes = load_bank(storage, uri)
+        meta = load_metadata(storage, uri)
         embedder, weights_fingerprint = build_embedder(settings_from_metadata(meta), storage, device)
         if weights_fingerprint != meta.weights_fingerprint:
             raise ValueError(
                 f"bank {uri}: backbone weights {meta.weights} now have fingerprint {weights_fingerprint}, "
                 f"the bank was built with {meta.weights_fingerprint}"
             )
-        index = bank_index.to_gpu_if_available(bank_index.deserialize(index_bytes), device.startswith("cuda"))
-        return cls(embedder, index, meta, device)
+        return cls(embedder, load_index(storage, uri, meta, use_gpu=device.startswith("cuda")), meta, device)
 
     def patch_scores(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-patch NN distances ``[B,h,w]``, NN ids ``[B,h*w,k]`` and the patch features."""
         feats, (h, w) = self.embedder(images.to(self.device))
         flat = feats.reshape(-1, feats.shape[-1]).float().cpu().numpy()
-        dist, ids = bank_index.knn(self.index, flat, 1)
+        dist, ids = self.index.search(flat, 1)
         b = images.shape[0]
         return dist[:, 0].reshape(b, h, w), ids.reshape(b, h * w, -1), flat.reshape(b, h * w, -1)
 
@@ -80,11 +78,11 @@ class PatchCoreDetector:
         flat_raw = raw.reshape(b, -1)
         worst = flat_raw.argmax(axis=1)
         m_test = feats[np.arange(b), worst]  # [B, E]
-        m_star = np.stack([self.index.reconstruct(int(nn_ids[i, worst[i], 0])) for i in range(b)])
-        _, support = bank_index.knn(self.index, m_star, self.meta.num_neighbors)  # includes m* itself
+        m_star = self.index.reconstruct(nn_ids[np.arange(b), worst, 0])
+        _, support = self.index.search(m_star, self.meta.num_neighbors)  # includes m* itself
         scores = np.empty(b, dtype=np.float32)
         for i in range(b):
-            neighbours = np.stack([self.index.reconstruct(int(j)) for j in support[i] if j >= 0])
+            neighbours = self.index.reconstruct(support[i][support[i] >= 0])
             d = np.linalg.norm(neighbours - m_test[i], axis=1)
             softmax = np.exp(d - d.max()) / np.exp(d - d.max()).sum()
             scores[i] = (1.0 - softmax[0]) * flat_raw[i, worst[i]]

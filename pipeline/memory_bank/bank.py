@@ -1,10 +1,12 @@
-"""A versioned PatchCore memory bank in object storage.
+"""A versioned, sharded PatchCore memory bank in object storage.
 
 Layout under the bank root URI::
 
-    {root}/v0001/index.faiss   exact faiss index of the coreset vectors
-    {root}/v0001/bank.json     metadata: how the features were made, counts, fingerprint
-    {root}/latest.json         {"version": "v0001"}, written last, so readers never see half a bank
+    {root}/v0001/index-0000.faiss   faiss index shards (exact search; float32 or float16 vectors)
+    {root}/v0001/index-0001.faiss
+    {root}/v0001/bank.json          the manifest: how the features were made, shape, shards with
+                                    fingerprints, counts, threshold, lineage (data and parent)
+    {root}/latest.json              {"version": "v0001"}, written last: readers never see half a bank
 """
 
 from __future__ import annotations
@@ -17,8 +19,24 @@ import numpy as np
 from pydantic import BaseModel
 
 from pipeline.io.storage import Storage, StorageError, join
+from pipeline.memory_bank.index import ShardedIndex, build_index, deserialize, serialize, split_rows
 
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
+
+
+class ShardInfo(BaseModel):
+    file: str
+    n_vectors: int
+    fingerprint: str
+
+
+class LineageEntry(BaseModel):
+    """One batch of normal data that went into a bank (a bank made by updates has several)."""
+
+    version: str
+    normal_uri: str
+    n_images: int
+    listing_fingerprint: str
 
 
 class BankMetadata(BaseModel):
@@ -26,6 +44,7 @@ class BankMetadata(BaseModel):
     created_at: str
     normal_uri: str
     parent: str | None = None
+    lineage: list[LineageEntry] = []
     backbone: str
     weights: str
     weights_fingerprint: str
@@ -41,11 +60,13 @@ class BankMetadata(BaseModel):
     reweight: bool
     sigma: float
     precision: str = "float32"
+    index_dtype: str = "float32"
     n_images: int
     n_errors: int
     n_patches: int
     n_bank: int
     n_shards: int
+    shards: list[ShardInfo] = []
     threshold: float | None
     calibration: dict[str, float]
     fingerprint: str
@@ -54,6 +75,10 @@ class BankMetadata(BaseModel):
 def fingerprint(vectors: np.ndarray) -> str:
     arr = np.ascontiguousarray(vectors, dtype=np.float32)
     return "sha256:" + hashlib.sha256(arr.tobytes()).hexdigest()
+
+
+def listing_fingerprint(uris: list[str]) -> str:
+    return "sha256:" + hashlib.sha256("\n".join(sorted(uris)).encode()).hexdigest()
 
 
 def _versions(storage: Storage, root: str) -> list[str]:
@@ -68,12 +93,22 @@ def _versions(storage: Storage, root: str) -> list[str]:
     return sorted(found, key=lambda v: int(v[1:]))
 
 
-def publish_bank(storage: Storage, root: str, index_bytes: bytes, meta: BankMetadata) -> BankMetadata:
-    """Write a new version under ``root`` and point ``latest.json`` at it."""
+def next_version(storage: Storage, root: str) -> str:
     versions = _versions(storage, root)
-    version = f"v{(int(versions[-1][1:]) + 1) if versions else 1:04d}"
-    meta = meta.model_copy(update={"version": version})
-    storage.write_bytes(join(root, version, "index.faiss"), index_bytes)
+    return f"v{(int(versions[-1][1:]) + 1) if versions else 1:04d}"
+
+
+def publish_bank(storage: Storage, root: str, vectors: np.ndarray, meta: BankMetadata, shard_vectors: int
+                 ) -> BankMetadata:
+    """Write ``vectors`` as index shards of at most ``shard_vectors`` rows, the manifest, then the pointer."""
+    version = meta.version or next_version(storage, root)
+    shards = []
+    for i, (start, end) in enumerate(split_rows(len(vectors), shard_vectors)):
+        name = f"index-{i:04d}.faiss"
+        storage.write_bytes(join(root, version, name), serialize(build_index(vectors[start:end], meta.index_dtype)))
+        shards.append(ShardInfo(file=name, n_vectors=end - start, fingerprint=fingerprint(vectors[start:end])))
+    lineage = [e if e.version else e.model_copy(update={"version": version}) for e in meta.lineage]
+    meta = meta.model_copy(update={"version": version, "shards": shards, "n_bank": len(vectors), "lineage": lineage})
     storage.write_bytes(join(root, version, "bank.json"), meta.model_dump_json(indent=2).encode())
     storage.write_bytes(join(root, "latest.json"), json.dumps({"version": version}).encode())
     return meta
@@ -83,7 +118,7 @@ def resolve_bank_uri(storage: Storage, root: str, version: str | None) -> str:
     """The folder of one bank version: ``version``, else the latest. ``root`` may name a version."""
     if version is None and storage.exists(join(root, "bank.json")):
         return root.rstrip("/")
-    if version is None:
+    if version is None or version == "latest":
         try:
             version = json.loads(storage.read_bytes(join(root, "latest.json")))["version"]
         except StorageError as exc:
@@ -96,7 +131,13 @@ def resolve_bank_uri(storage: Storage, root: str, version: str | None) -> str:
     return uri
 
 
-def load_bank(storage: Storage, uri: str) -> tuple[BankMetadata, bytes]:
-    meta = BankMetadata.model_validate_json(storage.read_bytes(join(uri, "bank.json")))
-    return meta, storage.read_bytes(join(uri, "index.faiss"))
+def load_metadata(storage: Storage, uri: str) -> BankMetadata:
+    return BankMetadata.model_validate_json(storage.read_bytes(join(uri, "bank.json")))
 
+
+def load_index(storage: Storage, uri: str, meta: BankMetadata, use_gpu: bool = False) -> ShardedIndex:
+    shards = [deserialize(storage.read_bytes(join(uri, s.file))) for s in meta.shards]
+    for info, shard in zip(meta.shards, shards, strict=True):
+        if shard.ntotal != info.n_vectors:
+            raise StorageError(f"{join(uri, info.file)}: {shard.ntotal} vectors, manifest says {info.n_vectors}")
+    return ShardedIndex(shards, use_gpu=use_gpu)
