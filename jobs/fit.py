@@ -21,6 +21,7 @@ FLAGS = [
     ("--index-dtype", "patchcore.index_dtype", str),
     ("--shard-vectors", "patchcore.shard_vectors", int),
     ("--update-from", "update_from", str),
+    ("--images-per-shard", "patchcore.images_per_shard", int),
 ]
 
 
