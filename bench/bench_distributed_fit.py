@@ -158,7 +158,7 @@ def main() -> None:
     for n in args.sizes:
         normal = subset(data, n)
         rows.append((n, "single", 1, run_fit_job(normal, 1, n, args.image_size)))
-        for w in args.workers:
+        for w in (w for w in args.workers if w > 1):  # one worker, one shard: that is the "single" row
             rows.append((n, "distributed", w, run_fit_job(normal, w, math.ceil(n / w), args.image_size)))
     print(f"\nfit on local Ray, {args.image_size} px, resnet18 layer2+3, coreset 0.1, {os.cpu_count()} cores")
     print(f"{'images':>6} {'mode':12} {'workers':>7} {'shards':>6} {'bank':>7} {'fit s':>7} {'features+local':>14} "

@@ -8,6 +8,8 @@ from jobs.cli import build_parser, overrides, run_main
 from pipeline.config import FitConfig, load_config
 
 FLAGS = [
+    ("--frame-stride", "video.frame_stride", int),
+    ("--fps", "video.fps", float),
     ("--normal", "normal", str),
     ("--bank", "bank", str),
     ("--backbone", "patchcore.backbone", str),

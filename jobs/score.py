@@ -8,9 +8,12 @@ from jobs.cli import build_parser, overrides, run_main
 from pipeline.config import ScoreConfig, load_config
 
 FLAGS = [
+    ("--frame-stride", "video.frame_stride", int),
+    ("--fps", "video.fps", float),
     ("--input", "input", str),
     ("--bank", "bank", str),
     ("--bank-version", "bank_version", str),
+    ("--model", "model", str),
     ("--output", "output", str),
     ("--detector", "detector", str),
     ("--run-name", "run_name", str),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -51,6 +51,14 @@ class DecodeSettings(_Strict):
     max_file_bytes: int = Field(256 * 1024 * 1024, ge=1)
 
 
+class VideoSettings(_Strict):
+    frame_stride: int = Field(1, ge=1, description="keep one frame in every N")
+    fps: float | None = Field(None, gt=0, description="sample at about this rate instead of a stride")
+    frames_per_unit: int = Field(1500, ge=1, description="a long video is split into units of this many frames")
+    heatmaps: Literal["all", "anomalous", "none"] = "anomalous"
+    smoothing_window: int = Field(9, ge=1, description="frames in the moving average for segments")
+
+
 class PatchCoreSettings(_Strict):
     backbone: Literal["resnet18", "resnet50", "wide_resnet50_2"] = "resnet18"
     weights: str = Field("none", min_length=1, description="path, s3:// URI, 'torchvision', or 'none'")
@@ -86,6 +94,7 @@ class FitConfig(_Strict):
     bank: str = Field(min_length=1)
     update_from: str | None = Field(None, description="bank version to extend with 'normal' ('latest' or vNNNN)")
     patchcore: PatchCoreSettings = PatchCoreSettings()
+    video: VideoSettings = VideoSettings()
     decode: DecodeSettings = DecodeSettings()
     storage: StorageSettings = StorageSettings()
     runtime: RuntimeSettings = RuntimeSettings()
@@ -94,19 +103,29 @@ class FitConfig(_Strict):
 
 class ScoreConfig(_Strict):
     input: str = Field(min_length=1)
-    bank: str = Field(min_length=1)
+    bank: str | None = Field(None, min_length=1, description="PatchCore memory bank root")
     bank_version: str | None = None
+    model: str | None = Field(None, min_length=1, description="checkpoint of a trained detector (dmad)")
     output: str = Field(min_length=1)
-    detector: Literal["patchcore"] = "patchcore"
+    detector: Literal["patchcore", "dmad"] = "patchcore"
     run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     threshold: float | None = None  # None: the threshold calibrated at fit time
     heatmaps: Literal["all", "anomalous", "none"] = "all"
     images_per_unit: int = Field(64, ge=1, le=100_000)
     batch_size: int = Field(8, ge=1, le=1024)
+    video: VideoSettings = VideoSettings()
     decode: DecodeSettings = DecodeSettings()
     storage: StorageSettings = StorageSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     tracking: TrackingSettings = TrackingSettings()
+
+    @model_validator(mode="after")
+    def _artifact_for_detector(self) -> ScoreConfig:
+        if self.detector == "patchcore" and not self.bank:
+            raise ValueError("detector patchcore needs bank (a memory bank from jobs.fit)")
+        if self.detector == "dmad" and not self.model:
+            raise ValueError("detector dmad needs model (a checkpoint from jobs.train)")
+        return self
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

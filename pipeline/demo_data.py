@@ -76,7 +76,8 @@ def make_dataset(root: str | Path, n_train: int = 24, n_test_good: int = 8, n_te
 
 
 def make_archive(data: Path, archive: Path) -> Path:
-    """The archive to score: test images as loose files and as a tar shard, plus broken files."""
+    """The archive to score: test images as loose files and as a tar shard, a 30-frame video whose
+    frames 12-19 carry a defect, plus broken files (zero bytes, truncated, not an image, empty video)."""
     archive.mkdir(parents=True, exist_ok=True)
     for sub in ("good", "defect"):
         target = archive / "loose" / sub
@@ -91,4 +92,31 @@ def make_archive(data: Path, archive: Path) -> Path:
     good = next((data / "test" / "good").glob("*.png")).read_bytes()
     (archive / "broken" / "truncated.png").write_bytes(good[: len(good) // 3])
     (archive / "broken" / "not-an-image.jpg").write_bytes(b"plain text, not a JPEG")
+    (archive / "broken" / "empty-video.mp4").write_bytes(b"")
+    size = Image.open(next((data / "test" / "good").glob("*.png"))).size[0]
+    make_video(archive / "video" / "line-camera.mp4", n_frames=30, size=size, anomalous=range(12, 20))
     return archive
+
+
+def make_video(path: Path, n_frames: int = 60, size: int = 96, fps: int = 10, anomalous: range = range(0),
+               seed: int = 0) -> Path:
+    """An MPEG-4 clip of the normal texture drifting slowly; frames in ``anomalous`` carry a defect."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    texture = _texture(size * 4, rng)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.bit_rate = 2_000_000
+        for i in range(n_frames):
+            frame = texture[i:i + size, i:i + size].copy()
+            if i in anomalous:
+                frame[size // 3: size // 3 + size // 6, size // 4: size // 4 + size // 3] = (15, 15, 15)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

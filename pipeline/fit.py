@@ -22,7 +22,7 @@ import numpy as np
 from pipeline.config import FitConfig
 from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder
 from pipeline.io.batches import iter_batches
-from pipeline.io.sources import Listing, WorkUnit, list_inputs, plan_units, stable_hash
+from pipeline.io.sources import Listing, WorkUnit, list_inputs, plan_units, plan_video_units, stable_hash
 from pipeline.io.storage import Storage, join
 from pipeline.memory_bank import index as bank_index
 from pipeline.memory_bank.bank import (
@@ -106,7 +106,7 @@ def split_calibration(listing: Listing, fraction: float) -> tuple[Listing, list[
     n_cal = max(1, round(fraction * len(ordered)))
     held = set(ordered[:n_cal])
     train = [u for u in listing.images if u not in held]
-    return Listing(train, listing.tars, listing.skipped), sorted(held)
+    return Listing(train, listing.tars, listing.skipped, listing.videos), sorted(held)
 
 
 FEATURE_SETTINGS = ("backbone", "weights", "seed", "layers", "image_size", "pretrain_embed_dim", "embed_dim",
@@ -133,11 +133,12 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     cfg, parent, parent_vectors = _parent(storage, cfg)
     pc = cfg.patchcore
     listing = list_inputs(storage, cfg.normal)
-    if not listing.images and not listing.tars:
-        raise ValueError(f"normal={cfg.normal}: no images or .tar shards found")
+    if not listing.images and not listing.tars and not listing.videos:
+        raise ValueError(f"normal={cfg.normal}: no images, .tar shards or videos found")
     train, calibration = split_calibration(listing, pc.calibration_fraction)
     n_buckets = max(math.ceil(len(train.images) / pc.images_per_shard), min(cfg.runtime.workers, len(train.images)))
     units, _ = plan_units(train, pc.images_per_shard, n_buckets=max(1, n_buckets))
+    units = [u for u in units if u.files or u.tar] + plan_video_units(storage, listing.videos, cfg.video)
     n_shards = len(units)
 
     init_ray(cfg.runtime)
@@ -177,7 +178,7 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
 
     lineage = (parent.lineage if parent else []) + [LineageEntry(
         version="", normal_uri=cfg.normal, n_images=n_images,
-        listing_fingerprint=listing_fingerprint(listing.images + listing.tars))]
+        listing_fingerprint=listing_fingerprint(listing.images + listing.tars + listing.videos))]
     meta = BankMetadata(
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), normal_uri=cfg.normal,
         parent=parent.version if parent else None, lineage=lineage,
@@ -207,7 +208,7 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     publish_s = time.perf_counter() - t4
     summary = {
         "bank": cfg.bank, "version": meta.version, "parent": meta.parent, "fingerprint": meta.fingerprint,
-        "n_inputs": len(listing.images) + len(listing.tars), "n_train_images": n_images,
+        "n_inputs": len(listing.images) + len(listing.tars) + len(listing.videos), "n_train_images": n_images,
         "n_calibration_images": len(calibration), "n_errors": len(errors), "n_patches": n_patches,
         "n_bank": meta.n_bank, "n_index_shards": len(meta.shards), "n_feature_shards": n_shards,
         "threshold": meta.threshold,

@@ -10,17 +10,23 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
+
 from pipeline.config import ConfigError, ScoreConfig
+from pipeline.detectors.dmad import DMADDetector, checkpoint_version, video_frame_scores
 from pipeline.detectors.patchcore import PatchCoreDetector
 from pipeline.io import sinks
-from pipeline.io.batches import iter_batches
-from pipeline.io.sources import WorkUnit, iter_unit_items, list_inputs, plan_units
-from pipeline.io.storage import Storage, StorageError, join
+from pipeline.io.batches import Decoded, Failed, iter_batches
+from pipeline.io.sources import WorkUnit, iter_unit_items, list_inputs, plan_units, plan_video_units
+from pipeline.io.storage import Storage, join
 from pipeline.memory_bank.bank import load_metadata, resolve_bank_uri
 from pipeline.runtime import WorkerPool, init_ray, setup_worker_threads
 from pipeline.tracking import flatten, start_run
+from pipeline.video_summary import read_rows, summarize_videos
 
 COUNT_KEYS = ("n_rows", "n_ok", "n_errors", "n_anomalous", "n_heatmaps", "latency_ms_sum")
 
@@ -30,27 +36,62 @@ def _row(run_id: str, unit: WorkUnit, detector: str, version: str, **values: Any
     return row | values
 
 
+@dataclass(frozen=True)
+class ModelRef:
+    """The artifact a run scores with: a bank version or a checkpoint."""
+
+    uri: str
+    version: str
+    threshold: float | None
+    params: dict[str, Any]
+    metadata: bytes  # logged to MLflow beside the run
+
+
+def resolve_model(storage: Storage, cfg: ScoreConfig) -> ModelRef:
+    if cfg.detector == "patchcore":
+        storage.check_reachable(cfg.bank, "bank")
+        uri = resolve_bank_uri(storage, cfg.bank, cfg.bank_version)
+        meta = load_metadata(storage, uri)
+        return ModelRef(uri, f"{meta.version}:{meta.fingerprint[:19]}", meta.threshold,
+                        {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint},
+                        meta.model_dump_json(indent=2).encode())
+    storage.check_reachable(cfg.model, "model")
+    data = storage.read_bytes(cfg.model)
+    version = checkpoint_version(data)
+    return ModelRef(cfg.model, version, None, {"model.version": version}, json.dumps({"uri": cfg.model}).encode())
+
+
+def load_detector(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str):
+    if cfg.detector == "patchcore":
+        return PatchCoreDetector.load(storage, model.uri, device=device)
+    return DMADDetector.load(storage, model.uri, device=device)
+
+
 class ScoreWorker:
     """Ray actor: loads the detector once, then scores whole work units."""
 
-    def __init__(self, cfg: ScoreConfig, run_id: str, bank_uri: str):
+    def __init__(self, cfg: ScoreConfig, run_id: str, model: ModelRef):
         self.cfg, self.run_id = cfg, run_id
         self.storage = Storage(cfg.storage)
         device = setup_worker_threads(cfg.runtime)
-        self.detector = PatchCoreDetector.load(self.storage, bank_uri, device=device)
+        self.detector = load_detector(cfg, self.storage, model, device)
         self.threshold = cfg.threshold if cfg.threshold is not None else self.detector.threshold
 
     def ready(self) -> str:
         return self.detector.version
 
+    def _sequence_model(self) -> bool:
+        det = self.detector
+        return isinstance(det, DMADDetector) and det.settings.variant == "video"
+
     def score_unit(self, unit: WorkUnit) -> dict[str, Any]:
         cfg, det = self.cfg, self.detector
+        if self._sequence_model():
+            rows = self._score_clip_unit(unit)
+            return self._finish(unit, rows)
         rows: list[dict[str, Any]] = []
-        counts = dict.fromkeys(COUNT_KEYS, 0)
         for batch in iter_batches(self.storage, unit, cfg.decode, det.image_size, cfg.batch_size):
-            for f in batch.failed:
-                rows.append(_row(self.run_id, unit, det.name, det.version, source_uri=f.source_uri, member=f.member,
-                                 status="error", error=f.error, threshold=self.threshold))
+            rows += [self._error_row(unit, f, f.error) for f in batch.failed]
             if batch.tensor is None:
                 continue
             start = time.perf_counter()
@@ -59,48 +100,109 @@ class ScoreWorker:
             for i, item in enumerate(batch.items):
                 score = float(result.scores[i])
                 anomalous = None if self.threshold is None else score > self.threshold
-                heatmap_uri = None
-                wanted = cfg.heatmaps == "all" or (cfg.heatmaps == "anomalous" and anomalous)
-                if wanted and result.maps is not None:
-                    heatmap_uri = join(cfg.output, self.run_id, "heatmaps", unit.unit_id,
-                                       sinks.heatmap_key(item.source_uri, item.member, None) + ".png")
-                    scale = self.threshold or float(result.maps[i].max())
-                    self.storage.write_bytes(heatmap_uri, sinks.overlay_png(item.rgb, result.maps[i], scale))
-                    counts["n_heatmaps"] += 1
-                latency = item.decode_ms + per_image_ms
+                amap = result.maps[i] if result.maps is not None else None
+                rows.append(self._ok_row(unit, item, score, anomalous, amap, item.decode_ms + per_image_ms))
+        return self._finish(unit, rows)
+
+    def _ok_row(self, unit: WorkUnit, item: Decoded, score: float, anomalous: bool | None,
+                amap: np.ndarray | None, latency: float) -> dict[str, Any]:
+        cfg, det = self.cfg, self.detector
+        heatmap_uri = None
+        policy = cfg.video.heatmaps if unit.video else cfg.heatmaps
+        if amap is not None and (policy == "all" or (policy == "anomalous" and anomalous)):
+            heatmap_uri = join(cfg.output, self.run_id, "heatmaps", unit.unit_id,
+                               sinks.heatmap_key(item.source_uri, item.member, item.frame_index) + ".png")
+            scale = self.threshold or float(amap.max())
+            self.storage.write_bytes(heatmap_uri, sinks.overlay_png(item.rgb, amap, scale))
+        return _row(self.run_id, unit, det.name, det.version, source_uri=item.source_uri, member=item.member,
+                    frame_index=item.frame_index, timestamp_s=item.timestamp_s, width=item.rgb.shape[1],
+                    height=item.rgb.shape[0], score=score, is_anomaly=anomalous, threshold=self.threshold,
+                    heatmap_uri=heatmap_uri, status="ok", latency_ms=latency)
+
+    def _score_clip_unit(self, unit: WorkUnit) -> list[dict[str, Any]]:
+        """Sequence detectors (DMAD video) see the unit's frames as one clip, with the frames just
+        before the unit as context; scores are normalised over the unit (a video, unless it was split)."""
+        det, cfg = self.detector, self.cfg
+        context = det.settings.in_frames
+        if unit.video is None:
+            return [self._error_row(unit, f, "the video variant of DMAD scores videos only; train --variant image "
+                                             "for images") for f in self._failed_inputs(unit)]
+        lead = max(0, unit.frame_start - context * unit.frame_stride)
+        span = WorkUnit(unit.unit_id, video=unit.video, frame_start=lead, frame_end=unit.frame_end,
+                        frame_stride=unit.frame_stride)
+        items, failed = [], []
+        for batch in iter_batches(self.storage, span, cfg.decode, det.image_size, cfg.batch_size):
+            failed += batch.failed
+            if batch.tensor is not None:
+                items += list(zip(batch.items, batch.tensor, strict=True))
+        rows = [self._error_row(unit, f, f.error) for f in failed]
+        if not items:
+            return rows
+        start = time.perf_counter()
+        parts = det.score_clip(torch.stack([t for _, t in items])) if len(items) > context else None
+        per_frame_ms = (time.perf_counter() - start) * 1e3 / len(items)
+        scores = (video_frame_scores(parts, det.settings.alpha, det.settings.window) if parts else [])
+        for i, (item, _) in enumerate(items):
+            if item.frame_index < unit.frame_start:
+                continue  # context for the first predictions, scored by the previous unit
+            if i < context:
                 rows.append(_row(self.run_id, unit, det.name, det.version, source_uri=item.source_uri,
-                                 member=item.member, width=item.rgb.shape[1], height=item.rgb.shape[0],
-                                 score=score, is_anomaly=anomalous, threshold=self.threshold,
-                                 heatmap_uri=heatmap_uri, status="ok", latency_ms=latency))
-                counts["n_anomalous"] += bool(anomalous)
-                counts["latency_ms_sum"] += latency
+                                 frame_index=item.frame_index, timestamp_s=item.timestamp_s, status="unscored",
+                                 error=f"DMAD predicts a frame from the {context} before it"))
+                continue
+            score = float(scores[i - context])
+            anomalous = None if self.threshold is None else score > self.threshold
+            rows.append(self._ok_row(unit, item, score, anomalous, parts["maps"][i - context],
+                                     item.decode_ms + per_frame_ms))
+        return rows
+
+    def _failed_inputs(self, unit: WorkUnit) -> list[Failed]:
+        return [Failed(s, m, "") for s, m in unit_input_keys(self.storage, self.cfg, unit)]
+
+    def _error_row(self, unit: WorkUnit, failed: Failed, error: str) -> dict[str, Any]:
+        det = self.detector
+        return _row(self.run_id, unit, det.name, det.version, source_uri=failed.source_uri, member=failed.member,
+                    frame_index=failed.frame_index, status="error", error=error, threshold=self.threshold)
+
+    def _finish(self, unit: WorkUnit, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        cfg = self.cfg
+        counts = dict.fromkeys(COUNT_KEYS, 0)
         counts["n_rows"] = len(rows)
         counts["n_ok"] = sum(r["status"] == "ok" for r in rows)
-        counts["n_errors"] = counts["n_rows"] - counts["n_ok"]
+        counts["n_errors"] = sum(r["status"] == "error" for r in rows)
+        counts["n_anomalous"] = sum(bool(r.get("is_anomaly")) for r in rows)
+        counts["n_heatmaps"] = sum(bool(r.get("heatmap_uri")) for r in rows)
+        counts["latency_ms_sum"] = sum(r.get("latency_ms") or 0.0 for r in rows)
         sinks.write_part(self.storage, sinks.part_uri(cfg.output, self.run_id, unit.unit_id), rows)
         sinks.write_marker(self.storage, sinks.marker_uri(cfg.output, self.run_id, unit.unit_id),
                            unit.fingerprint(), counts)
         return counts
 
 
+def unit_input_keys(storage: Storage, cfg: ScoreConfig, unit: WorkUnit) -> list[tuple[str, str | None]]:
+    if unit.video:
+        return [(unit.video, None)]
+    return [(u, None) for u in unit.files] or [(i.source_uri, i.member) for i in
+                                               iter_unit_items(storage, unit, cfg.decode)]
+
+
 def _failed_unit_rows(storage: Storage, cfg: ScoreConfig, run_id: str, unit: WorkUnit, version: str,
                       reason: str) -> dict[str, Any]:
     """A unit whose worker kept dying: every input still gets a row (no marker, so a re-run retries)."""
-    keys = [(u, None) for u in unit.files] or [(i.source_uri, i.member) for i in
-                                               iter_unit_items(storage, unit, cfg.decode)]
+    keys = unit_input_keys(storage, cfg, unit)
     rows = [_row(run_id, unit, cfg.detector, version, source_uri=s, member=m, status="error",
                  error=f"worker failed: {reason}") for s, m in keys]
     sinks.write_part(storage, sinks.part_uri(cfg.output, run_id, unit.unit_id), rows)
     return dict.fromkeys(COUNT_KEYS, 0) | {"n_rows": len(rows), "n_errors": len(rows)}
 
 
-def _open_manifest(storage: Storage, cfg: ScoreConfig, run_id: str, bank_uri: str) -> int | None:
-    """Resume: the bucket count of an earlier attempt of this run; refuse a changed bank or input."""
+def _open_manifest(storage: Storage, cfg: ScoreConfig, run_id: str, model_uri: str) -> int | None:
+    """Resume: the bucket count of an earlier attempt of this run; refuse a changed model or input."""
     uri = join(cfg.output, run_id, "run.json")
     if not storage.exists(uri):
         return None
     earlier = json.loads(storage.read_bytes(uri))
-    for key, now in (("bank_uri", bank_uri), ("input", cfg.input), ("detector", cfg.detector)):
+    for key, now in (("model_uri", model_uri), ("input", cfg.input), ("detector", cfg.detector)):
         if earlier.get(key) != now:
             raise ConfigError(f"run_name={run_id}: an earlier attempt used {key}={earlier.get(key)!r}, "
                               f"now {now!r}; pick a new --run-name")
@@ -112,16 +214,15 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     storage = Storage(cfg.storage)
     storage.check_reachable(cfg.input, "input")
     storage.check_reachable(cfg.output, "output")
-    storage.check_reachable(cfg.bank, "bank")
-    bank_uri = resolve_bank_uri(storage, cfg.bank, cfg.bank_version)
-    meta = load_metadata(storage, bank_uri)
+    model = resolve_model(storage, cfg)
     run_id = cfg.run_name or "score-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
     listing = list_inputs(storage, cfg.input)
-    n_buckets = _open_manifest(storage, cfg, run_id, bank_uri)
+    n_buckets = _open_manifest(storage, cfg, run_id, model.uri)
     units, n_buckets = plan_units(listing, cfg.images_per_unit, n_buckets)
+    units += plan_video_units(storage, listing.videos, cfg.video)
     storage.write_bytes(join(cfg.output, run_id, "run.json"), json.dumps({
-        "run_id": run_id, "input": cfg.input, "bank_uri": bank_uri, "detector": cfg.detector,
+        "run_id": run_id, "input": cfg.input, "model_uri": model.uri, "detector": cfg.detector,
         "n_buckets": n_buckets, "config": cfg.model_dump(exclude={"storage": {"key", "secret"}}),
     }, indent=2, default=str).encode())
 
@@ -138,16 +239,16 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     scoring_s = startup_s = 0.0
     if todo:
         init_ray(cfg.runtime)
-        pool = WorkerPool(ScoreWorker, (cfg, run_id, bank_uri), cfg.runtime, size=min(cfg.runtime.workers, len(todo)))
+        pool = WorkerPool(ScoreWorker, (cfg, run_id, model), cfg.runtime, size=min(cfg.runtime.workers, len(todo)))
         for i in range(len(pool.actors)):
             pool.call(i, "ready")
         startup_s = time.perf_counter() - t0 - listing_s
         t1 = time.perf_counter()
-        version = f"{meta.version}:{meta.fingerprint[:19]}"
         for unit, counts, exc in pool.map("score_unit", todo, f"score {run_id}"):
             if exc is not None:
                 failed_units.append(unit.unit_id)
-                counts = _failed_unit_rows(storage, cfg, run_id, unit, version, f"{type(exc).__name__}: {exc}"[:500])
+                counts = _failed_unit_rows(storage, cfg, run_id, unit, model.version,
+                                           f"{type(exc).__name__}: {exc}"[:500])
             for key in COUNT_KEYS:
                 totals[key] += counts[key]
         scoring_s = time.perf_counter() - t1
@@ -159,8 +260,9 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
 
     summary = {
         "run_id": run_id, "output": join(cfg.output, run_id), "input": cfg.input, "detector": cfg.detector,
-        "bank_uri": bank_uri, "bank_version": meta.version, "bank_fingerprint": meta.fingerprint,
-        "threshold": cfg.threshold if cfg.threshold is not None else meta.threshold,
+        "model_uri": model.uri, "model_version": model.version,
+        **{k.replace(".", "_"): v for k, v in model.params.items()},
+        "threshold": cfg.threshold if cfg.threshold is not None else model.threshold,
         "n_units": len(units), "n_units_skipped_as_complete": len(done), "failed_units": failed_units,
         "n_inputs": totals["n_rows"], "n_ok": totals["n_ok"], "n_errors": totals["n_errors"],
         "n_anomalous": totals["n_anomalous"], "n_heatmaps": totals["n_heatmaps"],
@@ -169,19 +271,23 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
         "seconds": {"listing": listing_s, "startup": startup_s, "scoring": scoring_s,
                     "total": time.perf_counter() - t0},
     }
+    videos: list[dict[str, Any]] = []
+    if listing.videos:
+        threshold = summary["threshold"]
+        videos = summarize_videos(read_rows(storage, summary["output"]), threshold, cfg.video.smoothing_window)
+        storage.write_bytes(join(cfg.output, run_id, "videos.json"), json.dumps(videos, indent=2).encode())
+        summary["n_videos"] = len(listing.videos)
+        summary["n_anomalous_segments"] = sum(len(v["segments"]) for v in videos)
     storage.write_bytes(join(cfg.output, run_id, "summary.json"), json.dumps(summary, indent=2).encode())
-    try:
-        bank_json = storage.read_bytes(join(bank_uri, "bank.json"))
-    except StorageError:
-        bank_json = b"{}"
     with start_run(cfg.tracking, run_id, "score") as run:
-        run.params(flatten(cfg.model_dump()) | {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint,
-                                               "run_id": run_id})
-        run.tags({"bank_uri": bank_uri, "output": summary["output"]})
+        run.params(flatten(cfg.model_dump()) | model.params | {"run_id": run_id})
+        run.tags({"model_uri": model.uri, "output": summary["output"]})
         run.metrics({"inputs": summary["n_inputs"], "ok": summary["n_ok"], "errors": summary["n_errors"],
                      "anomalous": summary["n_anomalous"], "images_per_s": summary["images_per_s"],
                      "wall_time_s": summary["seconds"]["total"], "scoring_s": scoring_s, "startup_s": startup_s})
         run.json_artifact("summary.json", summary)
-        run.file_artifact("bank.json", bank_json)
+        if videos:
+            run.json_artifact("videos.json", videos)
+        run.file_artifact("bank.json" if cfg.detector == "patchcore" else "model.json", model.metadata)
         summary["mlflow_run_id"] = run.run_id
     return summary

@@ -40,9 +40,9 @@ class Run:
         if self._mlflow:
             self._mlflow.log_params({k: str(v)[:MAX_PARAM_CHARS] for k, v in params.items()})
 
-    def metrics(self, metrics: Mapping[str, float]) -> None:
+    def metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if self._mlflow:
-            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
     def tags(self, tags: Mapping[str, Any]) -> None:
         if self._mlflow:

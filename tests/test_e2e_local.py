@@ -55,13 +55,15 @@ def test_score_accounts_for_every_input_and_resumes_without_duplicates(fitted, d
     archive = make_archive(dataset, work / "archive")
     summary = run_score(score_cfg(work, archive, tracking, run_name="nightly"))
     rows = read_rows(summary["output"])
-    # 8 loose + 8 tar members + 3 broken files
-    assert len(rows) == summary["n_inputs"] == 19 and summary["n_errors"] == 3
+    # 8 loose + 8 tar members + 30 video frames + 4 broken files
+    assert len(rows) == summary["n_inputs"] == 50 and summary["n_errors"] == 4
     errors = {Path(r["source_uri"]).name: r["error"] for r in rows if r["status"] == "error"}
-    assert set(errors) == {"zero-bytes.png", "truncated.png", "not-an-image.jpg"}
+    assert set(errors) == {"zero-bytes.png", "truncated.png", "not-an-image.jpg", "empty-video.mp4"}
     assert "empty file" in errors["zero-bytes.png"] and "truncated" in errors["truncated.png"]
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r["status"] == "ok" and r["frame_index"] is None]
     assert all(Path(r["heatmap_uri"]).is_file() for r in ok)
+    frames = sorted(r["frame_index"] for r in rows if r["status"] == "ok" and r["frame_index"] is not None)
+    assert frames == list(range(30))
     expected_members = {f"{s}/{i:04d}.png" for s in ("good", "defect") for i in range(4)}
     assert {r["member"] for r in ok if r["member"]} == expected_members
     loose = {Path(r["source_uri"]).parent.name + "/" + Path(r["source_uri"]).name: r["score"]
@@ -73,12 +75,12 @@ def test_score_accounts_for_every_input_and_resumes_without_duplicates(fitted, d
     assert sum(defect) > sum(good)
 
     run = mlflow.MlflowClient(tracking["tracking_uri"]).get_run(summary["mlflow_run_id"])
-    assert run.data.metrics["inputs"] == 19 and run.data.metrics["errors"] == 3
+    assert run.data.metrics["inputs"] == 50 and run.data.metrics["errors"] == 4
     assert run.data.params["bank.version"] == "v0001"
 
     again = run_score(score_cfg(work, archive, tracking, run_name="nightly"))
-    assert again["n_units_skipped_as_complete"] == again["n_units"] and again["n_inputs"] == 19
-    assert len(read_rows(summary["output"])) == 19
+    assert again["n_units_skipped_as_complete"] == again["n_units"] and again["n_inputs"] == 50
+    assert len(read_rows(summary["output"])) == 50
 
     # a unit that died half-way: its marker never came; its part holds garbage
     out = Path(summary["output"])
@@ -89,9 +91,11 @@ def test_score_accounts_for_every_input_and_resumes_without_duplicates(fitted, d
     third = run_score(score_cfg(work, archive, tracking, run_name="nightly"))
     assert third["n_units_skipped_as_complete"] == third["n_units"] - 1
     after = read_rows(summary["output"])
-    assert len(after) == 19
-    assert sorted((r["source_uri"], r["member"] or "") for r in after) == \
-        sorted((r["source_uri"], r["member"] or "") for r in rows)
+    assert len(after) == 50
+    def keys(table):
+        return sorted((r["source_uri"], r["member"] or "", r["frame_index"] or -1) for r in table)
+
+    assert keys(after) == keys(rows)
 
 
 def test_resume_refuses_a_different_input(fitted, dataset, tmp_path):

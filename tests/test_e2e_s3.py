@@ -41,15 +41,16 @@ def test_fit_and_score_on_s3(ray_runtime, dataset, s3, s3_endpoint, tmp_path):
         "run_name": "night-1", "storage": storage, "runtime": {"workers": 2}, "tracking": tracking}))
     parts = s3.glob("results/line-7/night-1/scores/part-*.parquet")
     rows = [r for p in parts for r in pq.read_table(io.BytesIO(s3.cat(p))).to_pylist()]
-    assert len(rows) == summary["n_inputs"] == 19
-    assert sum(r["status"] == "error" for r in rows) == 3
-    heatmaps = [r["heatmap_uri"] for r in rows if r["status"] == "ok"]
+    assert len(rows) == summary["n_inputs"] == 50
+    assert sum(r["status"] == "error" for r in rows) == 4
+    assert sorted(r["frame_index"] for r in rows if r["frame_index"] is not None) == list(range(30))
+    heatmaps = [r["heatmap_uri"] for r in rows if r["status"] == "ok" and r["frame_index"] is None]
     assert all(h.startswith("s3://results/line-7/night-1/heatmaps/") and s3.exists(h) for h in heatmaps)
     assert s3.cat(heatmaps[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert s3.exists("results/line-7/night-1/summary.json")
 
     run = mlflow.MlflowClient(tracking["tracking_uri"]).get_run(summary["mlflow_run_id"])
     assert run.data.params["input"] == "s3://archive/2026-11-25"
-    assert "storage.secret" not in run.data.params and run.data.metrics["ok"] == 16
+    assert "storage.secret" not in run.data.params and run.data.metrics["ok"] == 46
     artifacts = {a.path for a in mlflow.MlflowClient(tracking["tracking_uri"]).list_artifacts(run.info.run_id)}
     assert {"summary.json", "bank.json"} <= artifacts

@@ -13,7 +13,8 @@ from pipeline.config import DecodeSettings
 from pipeline.features.preprocess import to_input_tensor
 from pipeline.io.decode import DecodeError, decode_image
 from pipeline.io.sources import WorkUnit, iter_unit_items
-from pipeline.io.storage import Storage
+from pipeline.io.storage import Storage, StorageError
+from pipeline.io.video import VideoError, iter_frames
 
 
 @dataclass
@@ -22,6 +23,8 @@ class Decoded:
     member: str | None
     rgb: np.ndarray
     decode_ms: float
+    frame_index: int | None = None
+    timestamp_s: float | None = None
 
 
 @dataclass
@@ -29,6 +32,7 @@ class Failed:
     source_uri: str
     member: str | None
     error: str
+    frame_index: int | None = None
 
 
 @dataclass
@@ -38,21 +42,46 @@ class Batch:
     failed: list[Failed] = field(default_factory=list)
 
 
-def iter_batches(storage: Storage, unit: WorkUnit, decode: DecodeSettings, size: int, batch_size: int
-                 ) -> Iterator[Batch]:
-    batch, tensors = Batch(), []
+def _iter_decoded(storage: Storage, unit: WorkUnit, decode: DecodeSettings) -> Iterator[Decoded | Failed]:
+    if unit.video is not None:
+        start = time.perf_counter()
+        frames = iter_frames(storage, unit.video, unit.frame_start, unit.frame_end, unit.frame_stride)
+        count = 0
+        try:
+            for frame in frames:
+                count += 1
+                yield Decoded(unit.video, None, frame.rgb, (time.perf_counter() - start) * 1e3, frame.index,
+                              frame.timestamp_s)
+                start = time.perf_counter()
+        except (VideoError, StorageError, OSError) as exc:
+            yield Failed(unit.video, None, str(exc))
+            return
+        if count == 0 and unit.frame_start == 0:
+            yield Failed(unit.video, None, "video has no decodable frames")
+        return
     for raw in iter_unit_items(storage, unit, decode):
         if raw.error is not None:
-            batch.failed.append(Failed(raw.source_uri, raw.member, raw.error))
+            yield Failed(raw.source_uri, raw.member, raw.error)
             continue
         start = time.perf_counter()
         try:
             rgb = decode_image(raw.data, decode.max_pixels)
         except DecodeError as exc:
-            batch.failed.append(Failed(raw.source_uri, raw.member, str(exc)))
+            yield Failed(raw.source_uri, raw.member, str(exc))
             continue
-        tensors.append(to_input_tensor(rgb, size))
-        batch.items.append(Decoded(raw.source_uri, raw.member, rgb, (time.perf_counter() - start) * 1e3))
+        yield Decoded(raw.source_uri, raw.member, rgb, (time.perf_counter() - start) * 1e3)
+
+
+def iter_batches(storage: Storage, unit: WorkUnit, decode: DecodeSettings, size: int, batch_size: int
+                 ) -> Iterator[Batch]:
+    """Batches of decoded inputs (images, tar members or sampled video frames) as model tensors."""
+    batch, tensors = Batch(), []
+    for item in _iter_decoded(storage, unit, decode):
+        if isinstance(item, Failed):
+            batch.failed.append(item)
+            continue
+        tensors.append(to_input_tensor(item.rgb, size))
+        batch.items.append(item)
         if len(batch.items) == batch_size:
             batch.tensor = torch.stack(tensors)
             yield batch

@@ -3,7 +3,8 @@
 A work unit is the unit of scheduling, retry, output and resume. Loose image files go to
 ``hash(uri) % n_buckets`` buckets (stable across runs: the bucket count is stored in the run
 manifest); each ``.tar`` shard is one unit of its own and is streamed member by member, so
-nothing is ever extracted to disk and a member's name can never escape anywhere.
+nothing is ever extracted to disk and a member's name can never escape anywhere; a video is
+cut into frame-range units so one long video spreads over workers.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import math
 import posixpath
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from pipeline.config import DecodeSettings
+from pipeline.config import DecodeSettings, VideoSettings
 from pipeline.io.storage import Storage, StorageError
+from pipeline.io.video import VideoError, frame_ranges, is_video, probe, stride_for
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
@@ -38,11 +40,12 @@ def is_tar(name: str) -> bool:
 class Listing:
     images: list[str]
     tars: list[str]
-    skipped: list[str]  # files that are neither images nor tar shards
+    skipped: list[str]  # files that are neither images, tar shards nor videos
+    videos: list[str] = field(default_factory=list)
 
 
 def list_inputs(storage: Storage, uri: str) -> Listing:
-    images, tars, skipped = [], [], []
+    images, tars, skipped, videos = [], [], [], []
     for path in storage.list_files(uri):
         base = posixpath.basename(path)
         if base.startswith((".", "_")):
@@ -51,9 +54,11 @@ def list_inputs(storage: Storage, uri: str) -> Listing:
             images.append(path)
         elif is_tar(base):
             tars.append(path)
+        elif is_video(base):
+            videos.append(path)
         else:
             skipped.append(path)
-    return Listing(images, tars, skipped)
+    return Listing(images, tars, skipped, videos)
 
 
 @dataclass(frozen=True)
@@ -61,10 +66,17 @@ class WorkUnit:
     unit_id: str
     files: tuple[str, ...] = ()
     tar: str | None = None
+    video: str | None = None
+    frame_start: int = 0
+    frame_end: int | None = None  # None: to the end of the video
+    frame_stride: int = 1
 
     def fingerprint(self) -> str:
         """Identifies the unit's inputs: a completed unit is skipped only if this still matches."""
-        text = self.tar if self.tar else "\n".join(self.files)
+        if self.video:
+            text = f"{self.video}\0{self.frame_start}\0{self.frame_end}\0{self.frame_stride}"
+        else:
+            text = self.tar if self.tar else "\n".join(self.files)
         return hashlib.sha1(text.encode()).hexdigest()
 
 
@@ -78,6 +90,23 @@ def plan_units(listing: Listing, images_per_unit: int, n_buckets: int | None = N
     units = [WorkUnit(f"u{b:05d}", files=tuple(sorted(files))) for b, files in sorted(buckets.items())]
     units += [WorkUnit(f"t{stable_hash(t):016x}", tar=t) for t in listing.tars]
     return units, n_buckets
+
+
+def plan_video_units(storage: Storage, videos: list[str], settings: VideoSettings) -> list[WorkUnit]:
+    """Frame-range units per video. A video that cannot be probed still gets one unit, whose
+    worker turns the decode failure into an error row."""
+    units = []
+    for uri in videos:
+        try:
+            info = probe(storage, uri)
+        except (VideoError, StorageError, OSError):
+            units.append(WorkUnit(f"v{stable_hash(uri):016x}-0", video=uri, frame_stride=settings.frame_stride))
+            continue
+        stride = stride_for(info, settings.frame_stride, settings.fps)
+        for start, end in frame_ranges(info, settings.frames_per_unit, stride):
+            units.append(WorkUnit(f"v{stable_hash(uri):016x}-{start}", video=uri, frame_start=start, frame_end=end,
+                                  frame_stride=stride))
+    return units
 
 
 @dataclass

@@ -1,0 +1,37 @@
+"""Train a detector on normal data: ``python -m jobs.train --detector dmad --variant video --normal URI
+--model-out URI --steps N``."""
+
+from __future__ import annotations
+
+import sys
+
+from jobs.cli import build_parser, overrides, run_main
+from pipeline.config import load_config
+
+FLAGS = [
+    ("--detector", "detector", str),
+    ("--variant", "dmad.variant", str),
+    ("--normal", "normal", str),
+    ("--model-out", "model_out", str),
+    ("--steps", "steps", int),
+    ("--batch-size", "batch_size", int),
+    ("--image-size", "dmad.image_size", int),
+    ("--frame-stride", "video.frame_stride", int),
+    ("--fps", "video.fps", float),
+    ("--seed", "seed", int),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser(__doc__, FLAGS).parse_args(argv)
+
+    def job() -> dict:
+        from pipeline.train import TrainConfig, run_train
+
+        return run_train(load_config(TrainConfig, args.config, overrides(args)))
+
+    return run_main(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
