@@ -22,7 +22,7 @@ from pipeline.io.sources import Listing, list_inputs, plan_units
 from pipeline.memory_bank import index as bank_index
 from pipeline.memory_bank.bank import BankMetadata, fingerprint, publish_bank
 from pipeline.metrics import roc_auc
-from pipeline.score import ScoreWorker
+from pipeline.score import ScoreWorker, resolve_model
 
 
 def main() -> None:
@@ -52,9 +52,10 @@ def main() -> None:
         calibration={}, fingerprint=fingerprint(shard["features"])), pc.shard_vectors)
 
     score_cfg = ScoreConfig.model_validate({"input": str(root / "test"), "bank": fit_cfg.bank,
+                                            "bank_version": meta.version,
                                             "output": str(work / "results"), "heatmaps": "none",
                                             "batch_size": 16, "runtime": runtime, "tracking": {"enabled": False}})
-    scorer = ScoreWorker(score_cfg, "bench", str(work / "bank" / meta.version))
+    scorer = ScoreWorker(score_cfg, "bench", resolve_model(worker.storage, score_cfg))
     listing = list_inputs(scorer.storage, score_cfg.input)
     (test_unit,), _ = plan_units(Listing(listing.images, [], []), 10_000)
     scorer.score_unit(test_unit)  # warm-up pass (anomalib's predict runs after its warm test pass)
