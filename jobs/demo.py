@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"results:   {score['output']}/scores/*.parquet  ({score['n_ok']} ok, {score['n_errors']} error rows, "
               f"{score['n_anomalous']} above threshold)")
         print(f"heatmaps:  {score['output']}/heatmaps/")
+        print(f"videos:    {score['output']}/videos.json  ({score.get('n_anomalous_segments', 0)} anomalous segments)")
         print(f"mlflow:    mlflow ui --backend-store-uri sqlite:///{work}/mlflow.db\n")
         return {"fit": {k: v for k, v in fit.items() if k != "errors"}, "score": score}
 
