@@ -1,5 +1,5 @@
-"""Train a detector on normal data: ``python -m jobs.train --detector dmad --variant video --normal URI
---model-out URI --steps N``."""
+"""Train a detector: ``python -m jobs.train --detector dmad --variant video --normal URI --model-out URI
+--steps N``, or ``--detector anomalyclip|inctrl --aux URI --clip-arch NAME --clip-weights W``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ FLAGS = [
     ("--detector", "detector", str),
     ("--variant", "dmad.variant", str),
     ("--normal", "normal", str),
+    ("--aux", "aux", str),
+    ("--clip-arch", "clip_arch", str),
+    ("--clip-weights", "clip_weights", str),
+    ("--shots", "inctrl.shots", int),
     ("--model-out", "model_out", str),
     ("--steps", "steps", int),
     ("--batch-size", "batch_size", int),

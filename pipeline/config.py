@@ -105,9 +105,13 @@ class ScoreConfig(_Strict):
     input: str = Field(min_length=1)
     bank: str | None = Field(None, min_length=1, description="PatchCore memory bank root")
     bank_version: str | None = None
-    model: str | None = Field(None, min_length=1, description="checkpoint of a trained detector (dmad)")
+    model: str | None = Field(None, min_length=1, description="checkpoint from jobs.train (dmad, anomalyclip, inctrl)")
+    clip_arch: str | None = Field(None, description="anomalyclip/inctrl: override the checkpoint's CLIP architecture")
+    clip_weights: str | None = Field(None, description="anomalyclip/inctrl: CLIP weights (path, s3://, tag, none)")
+    shots: int | None = Field(None, ge=1, le=64, description="inctrl: number of normal prompt images")
+    prompts: str | None = Field(None, min_length=1, description="inctrl: normal images to draw prompts from")
     output: str = Field(min_length=1)
-    detector: Literal["patchcore", "dmad"] = "patchcore"
+    detector: Literal["patchcore", "dmad", "anomalyclip", "inctrl"] = "patchcore"
     run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     threshold: float | None = None  # None: the threshold calibrated at fit time
     heatmaps: Literal["all", "anomalous", "none"] = "all"
@@ -123,8 +127,10 @@ class ScoreConfig(_Strict):
     def _artifact_for_detector(self) -> ScoreConfig:
         if self.detector == "patchcore" and not self.bank:
             raise ValueError("detector patchcore needs bank (a memory bank from jobs.fit)")
-        if self.detector == "dmad" and not self.model:
-            raise ValueError("detector dmad needs model (a checkpoint from jobs.train)")
+        if self.detector != "patchcore" and not self.model:
+            raise ValueError(f"detector {self.detector} needs model (a checkpoint from jobs.train)")
+        if self.detector == "inctrl" and not self.prompts:
+            raise ValueError("detector inctrl needs prompts (normal images to draw its few-shot prompts from)")
         return self
 
 

@@ -8,6 +8,7 @@ other part, so there are never duplicates and never gaps.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -17,11 +18,15 @@ import numpy as np
 import torch
 
 from pipeline.config import ConfigError, ScoreConfig
+from pipeline.detectors import inctrl
+from pipeline.detectors.anomalyclip import AnomalyCLIPDetector
 from pipeline.detectors.dmad import DMADDetector, checkpoint_version, video_frame_scores
 from pipeline.detectors.patchcore import PatchCoreDetector
+from pipeline.features.preprocess import to_input_tensor
 from pipeline.io import sinks
 from pipeline.io.batches import Decoded, Failed, iter_batches
-from pipeline.io.sources import WorkUnit, iter_unit_items, list_inputs, plan_units, plan_video_units
+from pipeline.io.decode import decode_image
+from pipeline.io.sources import WorkUnit, is_image, iter_unit_items, list_inputs, plan_units, plan_video_units
 from pipeline.io.storage import Storage, join
 from pipeline.memory_bank.bank import load_metadata, resolve_bank_uri
 from pipeline.runtime import WorkerPool, init_ray, setup_worker_threads
@@ -61,10 +66,29 @@ def resolve_model(storage: Storage, cfg: ScoreConfig) -> ModelRef:
     return ModelRef(cfg.model, version, None, {"model.version": version}, json.dumps({"uri": cfg.model}).encode())
 
 
+def inctrl_prompts(cfg: ScoreConfig, storage: Storage, checkpoint: bytes) -> torch.Tensor:
+    """The few-shot normal prompts: ``shots`` images chosen deterministically from ``prompts``."""
+    settings = inctrl.InCTRLSettings.model_validate_json(
+        torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)["settings"])
+    shots = cfg.shots or settings.shots
+    uris = [u for u in storage.list_files(cfg.prompts) if is_image(u)]
+    if len(uris) < shots:
+        raise ValueError(f"prompts={cfg.prompts}: {len(uris)} images, shots={shots} needs at least that many")
+    chosen = inctrl.choose_prompts(uris, shots, settings.seed)
+    return torch.stack([to_input_tensor(decode_image(storage.read_bytes(u), cfg.decode.max_pixels), settings.image_size)
+                        for u in chosen])
+
+
 def load_detector(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str):
     if cfg.detector == "patchcore":
         return PatchCoreDetector.load(storage, model.uri, device=device)
-    return DMADDetector.load(storage, model.uri, device=device)
+    if cfg.detector == "dmad":
+        return DMADDetector.load(storage, model.uri, device=device)
+    if cfg.detector == "anomalyclip":
+        return AnomalyCLIPDetector.load(storage, model.uri, cfg.clip_arch, cfg.clip_weights, device=device)
+    data = storage.read_bytes(model.uri)
+    return inctrl.load_checkpoint(data, storage, inctrl_prompts(cfg, storage, data), cfg.clip_arch, cfg.clip_weights,
+                                  cfg.shots, device=device)
 
 
 class ScoreWorker:

@@ -1,4 +1,7 @@
-"""Train a learned detector (DMAD) on normal data with synchronous data-parallel Ray workers.
+"""Train a learned detector: DMAD on normal data, AnomalyCLIP / InCTRL on auxiliary labelled data.
+
+DMAD trains with synchronous data-parallel Ray workers (below). The CLIP-based detectors train
+only a few prompt / head tensors over a frozen CLIP, on one Ray worker (a GPU where there is one).
 
 Each worker holds a share of the normal data, starts from the same seeded weights, computes
 gradients on its own batches and averages them with the others (``torch.distributed`` all-reduce
@@ -10,6 +13,7 @@ to ``model_out`` (path or ``s3://``) and logs the loss curve and the checkpoint 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import socket
 import time
@@ -19,20 +23,25 @@ import numpy as np
 import ray
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.config import DecodeSettings, RuntimeSettings, StorageSettings, TrackingSettings, VideoSettings
+from pipeline.detectors.anomalyclip import AnomalyCLIPSettings, train_anomalyclip
+from pipeline.detectors.anomalyclip import save_checkpoint as save_anomalyclip
 from pipeline.detectors.dmad import (
     DMADSettings,
     build_model,
-    checkpoint_version,
     clip_windows,
     image_losses,
     make_optimizer,
     save_checkpoint,
     video_losses,
 )
+from pipeline.detectors.inctrl import InCTRLSettings, train_inctrl
+from pipeline.detectors.inctrl import save_checkpoint as save_inctrl
+from pipeline.features.clip import load_clip
 from pipeline.io.batches import iter_batches
+from pipeline.io.labelled import load_labelled
 from pipeline.io.sources import Listing, list_inputs, plan_units, plan_video_units
 from pipeline.io.storage import Storage
 from pipeline.runtime import init_ray, setup_worker_threads
@@ -42,18 +51,65 @@ from pipeline.tracking import flatten, start_run
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    detector: Literal["dmad"] = "dmad"
-    normal: str = Field(min_length=1)
+    detector: Literal["dmad", "anomalyclip", "inctrl"] = "dmad"
+    normal: str | None = Field(None, min_length=1, description="dmad: normal images or videos")
+    aux: str | None = Field(None, min_length=1, description="anomalyclip/inctrl: MVTec-style labelled folders")
+    clip_arch: str | None = Field(None, description="overrides anomalyclip.clip_arch / inctrl.clip_arch")
+    clip_weights: str | None = Field(None, description="overrides anomalyclip.clip_weights / inctrl.clip_weights")
     model_out: str = Field(min_length=1)
     steps: int = Field(200, ge=1)
     batch_size: int = Field(8, ge=2, le=1024, description="per worker; batch norm needs at least 2")
     seed: int = 0
     dmad: DMADSettings = DMADSettings()
+    anomalyclip: AnomalyCLIPSettings = AnomalyCLIPSettings()
+    inctrl: InCTRLSettings = InCTRLSettings()
     video: VideoSettings = VideoSettings()
     decode: DecodeSettings = DecodeSettings()
     storage: StorageSettings = StorageSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     tracking: TrackingSettings = TrackingSettings()
+
+    @model_validator(mode="after")
+    def _data_for_detector(self) -> TrainConfig:
+        if self.detector == "dmad" and not self.normal:
+            raise ValueError("detector dmad trains on normal data: set normal")
+        if self.detector != "dmad" and not self.aux:
+            raise ValueError(f"detector {self.detector} trains on labelled auxiliary data: set aux")
+        return self
+
+    def clip_settings(self) -> AnomalyCLIPSettings | InCTRLSettings:
+        """The CLIP detector's settings with the top-level clip_arch / clip_weights applied."""
+        settings = self.anomalyclip if self.detector == "anomalyclip" else self.inctrl
+        update = {k: v for k, v in (("clip_arch", self.clip_arch), ("clip_weights", self.clip_weights)) if v}
+        return type(settings).model_validate(settings.model_dump() | update)
+
+
+def train_clip_detector(cfg: TrainConfig) -> dict[str, Any]:
+    """Ray task body: train AnomalyCLIP prompts or InCTRL heads over a frozen CLIP."""
+    device = setup_worker_threads(cfg.runtime)
+    storage = Storage(cfg.storage)
+    settings = cfg.clip_settings()
+    clip_model, clip_fingerprint = load_clip(settings.clip_arch, settings.clip_weights, settings.seed, storage)
+    clip_model = clip_model.to(device)
+    aux = load_labelled(storage, cfg.aux, settings.image_size, cfg.decode)
+    if cfg.detector == "anomalyclip":
+        rng = np.random.default_rng(cfg.seed)
+
+        def batches():
+            while True:
+                pick = torch.from_numpy(rng.choice(len(aux.uris), size=min(cfg.batch_size, len(aux.uris)),
+                                                   replace=False))
+                yield aux.images[pick].to(device), aux.labels[pick].to(device), aux.masks[pick].to(device)
+
+        prompts, curve = train_anomalyclip(settings, clip_model, batches(), cfg.steps)
+        checkpoint = save_anomalyclip(prompts, settings, clip_fingerprint)
+        return {"curve": [{k: v for k, v in c.items() if k != "step"} for c in curve], "checkpoint": checkpoint,
+                "n_samples": len(aux.uris)}
+    normal = aux.images[aux.labels == 0].to(device)
+    anomalous = aux.images[aux.labels == 1].to(device)
+    heads, losses = train_inctrl(settings, clip_model, normal, anomalous, cfg.steps, cfg.batch_size)
+    checkpoint = save_inctrl(heads, settings, clip_fingerprint)
+    return {"curve": [{"total": float(v)} for v in losses], "checkpoint": checkpoint, "n_samples": len(aux.uris)}
 
 
 def _free_port() -> int:
@@ -138,12 +194,19 @@ class DMADTrainWorker:
             dist.destroy_process_group()
 
 
-def run_train(cfg: TrainConfig) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    storage = Storage(cfg.storage)
-    storage.check_reachable(cfg.normal, "normal")
-    storage.check_reachable(cfg.model_out, "model_out")
-    init_ray(cfg.runtime)
+def _run_clip_training(cfg: TrainConfig) -> tuple[dict[str, Any], float, float, list[int]]:
+    remote = ray.remote(train_clip_detector).options(num_cpus=cfg.runtime.num_cpus_per_worker,
+                                                     num_gpus=cfg.runtime.num_gpus_per_worker, max_retries=0)
+    start = time.perf_counter()
+    try:
+        result = ray.get(remote.remote(cfg))
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(exc.cause, ValueError) else None
+        raise (cause or RuntimeError(f"training failed: {exc}")) from exc
+    return result, 0.0, time.perf_counter() - start, [result["n_samples"]]
+
+
+def _run_dmad_training(cfg: TrainConfig, t0: float) -> tuple[dict[str, Any], float, float, list[int]]:
     world = cfg.runtime.workers
     remote = ray.remote(DMADTrainWorker).options(num_cpus=cfg.runtime.num_cpus_per_worker,
                                                   num_gpus=cfg.runtime.num_gpus_per_worker)
@@ -161,23 +224,38 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     finally:
         for w in workers:
             ray.kill(w)
-    checkpoint = results[0]["checkpoint"]
-    curve = results[0]["curve"]
+    return results[0], startup_s, train_s, n_samples
+
+
+def run_train(cfg: TrainConfig) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    storage = Storage(cfg.storage)
+    data = cfg.normal if cfg.detector == "dmad" else cfg.aux
+    storage.check_reachable(data, "normal" if cfg.detector == "dmad" else "aux")
+    storage.check_reachable(cfg.model_out, "model_out")
+    init_ray(cfg.runtime)
+    if cfg.detector == "dmad":
+        result, startup_s, train_s, n_samples = _run_dmad_training(cfg, t0)
+    else:
+        result, startup_s, train_s, n_samples = _run_clip_training(cfg)
+    checkpoint, curve = result["checkpoint"], result["curve"]
     storage.write_bytes(cfg.model_out, checkpoint)
     summary = {
-        "model_out": cfg.model_out, "version": checkpoint_version(checkpoint), "variant": cfg.dmad.variant,
-        "steps": cfg.steps, "workers": world, "samples_per_worker": n_samples,
+        "model_out": cfg.model_out, "detector": cfg.detector, "version": "sha256:" +
+        hashlib.sha256(checkpoint).hexdigest()[:16],
+        "variant": cfg.dmad.variant if cfg.detector == "dmad" else None,
+        "steps": cfg.steps, "workers": len(n_samples), "samples_per_worker": n_samples,
         "loss_first": curve[0]["total"], "loss_last": curve[-1]["total"],
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": {"startup": startup_s, "train": train_s, "total": time.perf_counter() - t0},
     }
-    with start_run(cfg.tracking, f"train-dmad-{cfg.dmad.variant}", "train") as run:
+    with start_run(cfg.tracking, f"train-{cfg.detector}", "train") as run:
         run.params(flatten(cfg.model_dump()) | {"model.version": summary["version"]})
-        run.tags({"model_out": cfg.model_out, "detector": "dmad"})
+        run.tags({"model_out": cfg.model_out, "detector": cfg.detector})
         for step, parts in enumerate(curve):
             run.metrics({f"loss_{k}": v for k, v in parts.items()}, step=step)
         run.metrics({"train_s": train_s})
-        run.file_artifact("dmad.pt", checkpoint, folder="model")
+        run.file_artifact(f"{cfg.detector}.pt", checkpoint, folder="model")
         run.json_artifact("train_summary.json", summary)
         summary["mlflow_run_id"] = run.run_id
     return summary

@@ -54,3 +54,17 @@ def test_train_on_two_workers_then_score_a_video(ray_runtime, tmp_path):
     run = json.loads((tmp_path / "out" / "dmad" / "summary.json").read_text())
     assert run["model_version"] == summary["version"] and run["n_inputs"] == 31
     assert Path(scored["output"]).name == "dmad"
+
+
+def test_image_variant_trains_and_scores_images(ray_runtime, dataset, tmp_path):
+    model = tmp_path / "dmad-image.pt"
+    run_train(TrainConfig.model_validate({
+        "normal": str(dataset / "train" / "good"), "model_out": str(model), "steps": 3, "batch_size": 2,
+        "dmad": {"variant": "image", "image_size": 64, "channels": 8, "codebook_size": 16, "code_dim": 16},
+        "runtime": {"workers": 2}, "tracking": {"enabled": False}}))
+    scored = run_score(ScoreConfig.model_validate({
+        "input": str(dataset / "test"), "detector": "dmad", "model": str(model), "output": str(tmp_path / "out"),
+        "run_name": "img", "runtime": {"workers": 1}, "tracking": {"enabled": False}}))
+    rows = read_rows(Storage(StorageSettings()), scored["output"], columns=None)
+    assert len(rows) == 8 and all(r["status"] == "ok" and np.isfinite(r["score"]) for r in rows)
+    assert all(r["heatmap_uri"] for r in rows)

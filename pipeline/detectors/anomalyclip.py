@@ -1,0 +1,366 @@
+"""AnomalyCLIP (Zhou et al., ICLR 2024, "Object-agnostic Prompt Learning for Zero-shot Anomaly Detection").
+
+A frozen CLIP compares image and patch embeddings with two *object-agnostic* text embeddings, "[V1..Vn] object"
+and "[W1..Wn] damaged object", whose context tokens are learnt on auxiliary labelled data (any objects, with
+masks) and then used unchanged on unseen objects:
+
+- textual prompt tuning: the ``n_ctx`` context token embeddings of both prompts are learnable, and in text layers
+  ``1..deep_prompt_depth-1`` the first ``deep_prompt_length`` context positions are replaced by further learnable
+  tokens (shared by both prompts); the text encoder itself stays frozen;
+- DPAM (diagonally prominent attention map): from vision layer ``dpam_start`` on, a second path runs beside the
+  original one with V-V self-attention (q and k replaced by v) and no MLP, as CLIP Surgery; the class token (global
+  embedding) is taken from the original path, so it equals open_clip's ``encode_image``; the patch tokens of
+  ``feature_layers`` are taken from the DPAM path and go through ``ln_post`` and ``proj``;
+- each feature layer gives a 2-channel (normal, anomalous) softmax similarity map at ``1/temperature``; the anomaly
+  map is the anomalous channel averaged over the layers, upsampled bilinearly and Gaussian-smoothed;
+- the image score is the softmax probability of "anomalous" for the global image embedding (as the official
+  ``test.py``; some versions add the map's maximum, which this module does not);
+- training: cross-entropy on the image logits plus, for every feature layer, focal loss on the 2-channel map and
+  dice loss on each channel (anomalous vs the mask, normal vs its complement).
+
+Layer numbers are 1-based, as in the official code (``features_list=[6, 12, 18, 24]``, DPAM in layers 6..24 of
+ViT-L/14). Deliberate simplifications of the official code (github.com/zqhang/AnomalyCLIP): the anomaly map is the
+mean, not the sum, of the per-layer maps (same ranking, stays in 0..1); the image score leaves out the map maximum;
+the focal loss has no 1e-5 label smoothing; positional embeddings are resized (bicubic) only when ``image_size``
+differs from the CLIP's native size (the official code runs ViT-L/14@336 at 518 px); the unused vision-side prompt
+projections of the official prompt learner are not built; only open_clip's default residual blocks
+(``nn.MultiheadAttention``) are supported on the vision side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from collections.abc import Iterable
+from itertools import islice
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
+from torch import Tensor, nn
+
+from pipeline.detectors.base import ScoreBatch
+from pipeline.features.clip import load_clip, normalize, tokenizer
+from pipeline.features.preprocess import gaussian_blur
+from pipeline.io.storage import Storage
+
+CHECKPOINT_FORMAT = "anomalyclip/1"
+RANDOM_FINGERPRINT_PREFIX = "random:"
+
+
+class AnomalyCLIPSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    clip_arch: str = "ViT-L-14-336"
+    clip_weights: str = "none"
+    seed: int = 111
+    image_size: int = Field(336, ge=16, le=1024, description="square input size: a multiple of the patch size")
+    n_ctx: int = Field(12, ge=1, le=64, description="learnable context tokens per prompt")
+    deep_prompt_depth: int = Field(9, ge=1, description="text layers with learnable tokens (layer 1 = input ctx)")
+    deep_prompt_length: int = Field(4, ge=1, description="context positions replaced in deeper text layers")
+    dpam_start: int = Field(6, ge=1, description="first vision layer (1-based) with the DPAM path; > depth: off")
+    feature_layers: list[int] = Field([6, 12, 18, 24], min_length=1, description="1-based vision layers for maps")
+    sigma: float = Field(4.0, ge=0, description="Gaussian smoothing of the anomaly map, in input pixels")
+    temperature: PositiveFloat = 0.07
+    lr: PositiveFloat = 1e-3
+    focal_weight: float = Field(1.0, ge=0)
+    dice_weight: float = Field(1.0, ge=0)
+
+    @field_validator("feature_layers")
+    @classmethod
+    def _positive_layers(cls, layers: list[int]) -> list[int]:
+        if min(layers) < 1 or len(set(layers)) != len(layers):
+            raise ValueError("feature_layers: distinct 1-based layer numbers")
+        return sorted(layers)
+
+    @model_validator(mode="after")
+    def _deep_prompts_fit(self) -> AnomalyCLIPSettings:
+        if self.deep_prompt_length > self.n_ctx:
+            raise ValueError("deep_prompt_length must not exceed n_ctx: deep tokens replace context positions")
+        return self
+
+
+# ---------------------------------------------------------------- text side: object-agnostic prompts
+
+
+def _text_tower(clip_model: nn.Module) -> nn.Module:
+    """open_clip's ``CLIP`` keeps the text tower on the model, ``CustomTextCLIP`` in ``.text``."""
+    return getattr(clip_model, "text", clip_model)
+
+
+class AnomalyCLIPPrompts(nn.Module):
+    """The only trainable tensors: ``ctx`` ``[2, n_ctx, width]`` (normal, anomalous) and ``deep``
+    ``[deep_prompt_depth-1, deep_prompt_length, width]``. The tokenised templates are non-persistent buffers, so the
+    state dict holds the learnable tensors alone."""
+
+    def __init__(self, settings: AnomalyCLIPSettings, clip_model: nn.Module):
+        super().__init__()
+        text = _text_tower(clip_model)
+        layers = len(text.transformer.resblocks)
+        if settings.deep_prompt_depth > layers:
+            raise ValueError(f"deep_prompt_depth={settings.deep_prompt_depth} exceeds the {layers} text layers")
+        if getattr(text, "cls_emb", None) is not None:
+            raise ValueError("text towers with a class token (CoCa) are not supported")
+        width = text.token_embedding.weight.shape[1]
+        placeholder = " ".join(["X"] * settings.n_ctx)
+        ids = tokenizer(settings.clip_arch)([f"{placeholder} object.", f"{placeholder} damaged object."])
+        self.n_ctx = settings.n_ctx
+        self.register_buffer("token_ids", ids, persistent=False)
+        self.ctx = nn.Parameter(torch.randn(2, settings.n_ctx, width) * 0.02)
+        self.deep = nn.Parameter(torch.randn(settings.deep_prompt_depth - 1, settings.deep_prompt_length, width) * 0.02)
+
+    def forward(self, clip_model: nn.Module) -> Tensor:
+        """Normalised text embeddings ``[2, embed_dim]``: row 0 normal, row 1 anomalous."""
+        text = _text_tower(clip_model)
+        ids = self.token_ids
+        tokens = text.token_embedding(ids)
+        x = torch.cat([tokens[:, :1], self.ctx.to(tokens.dtype), tokens[:, 1 + self.n_ctx:]], dim=1)
+        x = x + text.positional_embedding[: x.shape[1]]
+        length = self.deep.shape[1]
+        for i, block in enumerate(text.transformer.resblocks):
+            if 1 <= i <= self.deep.shape[0]:
+                deep = self.deep[i - 1].to(x.dtype).expand(x.shape[0], -1, -1)
+                x = torch.cat([x[:, :1], deep, x[:, 1 + length:]], dim=1)
+            x = block(x, attn_mask=text.attn_mask)
+        x = text.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]  # the end-of-text token
+        projection = text.text_projection
+        pooled = projection(pooled) if isinstance(projection, nn.Linear) else pooled @ projection
+        return F.normalize(pooled, dim=-1)
+
+
+def build_prompts(settings: AnomalyCLIPSettings, clip_model: nn.Module) -> AnomalyCLIPPrompts:
+    """Fresh prompts initialised from ``settings.seed`` (the caller's RNG is left alone)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        prompts = AnomalyCLIPPrompts(settings, clip_model)
+    return prompts.to(next(clip_model.parameters()).device)
+
+
+# ---------------------------------------------------------------- vision side: DPAM
+
+
+def _positional_embedding(visual: nn.Module, grid: int) -> Tensor:
+    pos = visual.positional_embedding
+    native = math.isqrt(pos.shape[0] - 1)
+    if native == grid:
+        return pos
+    patches = pos[1:].reshape(1, native, native, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
+    return torch.cat([pos[:1], patches.permute(0, 2, 3, 1).reshape(grid * grid, -1)])
+
+
+def _embed_patches(visual: nn.Module, images: Tensor) -> Tensor:
+    """``[B, 1+grid², width]`` tokens before the first block (as open_clip's ``VisionTransformer``)."""
+    patch = visual.conv1.kernel_size[0]
+    if images.shape[-1] % patch or images.shape[-2] % patch:
+        raise ValueError(f"image size {list(images.shape[-2:])} is not a multiple of the patch size {patch}")
+    x = visual.conv1(images)
+    grid = x.shape[-1]
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+    x = torch.cat([cls, x], dim=1) + _positional_embedding(visual, grid).to(x.dtype)
+    return visual.ln_pre(visual.patch_dropout(x))
+
+
+def vv_attention(block: nn.Module, x: Tensor) -> Tensor:
+    """The DPAM branch of ``block``'s attention on ``x`` (already ``ln_1``-normed): q and k replaced by v."""
+    attn: nn.MultiheadAttention = block.attn
+    width = x.shape[-1]
+    v = F.linear(x, attn.in_proj_weight[2 * width:], attn.in_proj_bias[2 * width:])
+    b, n, _ = v.shape
+    v = v.view(b, n, attn.num_heads, width // attn.num_heads).transpose(1, 2)
+    out = F.scaled_dot_product_attention(v, v, v).transpose(1, 2).reshape(b, n, width)
+    return attn.out_proj(out)
+
+
+def _dpam_block(block: nn.Module, x: Tensor, dpam: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One block with both paths: the original one unchanged, the DPAM one adds the V-V attention of the original
+    path's input (the official dual path) and skips the MLP. The DPAM path starts from the block's input."""
+    h = block.ln_1(x)
+    dpam = (x if dpam is None else dpam) + block.ls_1(vv_attention(block, h))
+    x = x + block.ls_1(block.attn(h, h, h, need_weights=False)[0])
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x, dpam
+
+
+def encode_image(clip_model: nn.Module, images: Tensor, feature_layers: list[int], dpam_start: int
+                 ) -> tuple[Tensor, list[Tensor]]:
+    """``images``: CLIP-normalised ``[B,3,H,W]``. Returns the global embedding ``[B, embed_dim]`` (unnormalised, as
+    ``encode_image``) and, per feature layer, projected patch tokens ``[B, grid², embed_dim]``."""
+    visual = clip_model.visual
+    blocks = visual.transformer.resblocks
+    if max(feature_layers) > len(blocks):
+        raise ValueError(f"feature_layers {feature_layers}: the vision tower has {len(blocks)} layers")
+    x = _embed_patches(visual, images)
+    dpam = None
+    taken = []
+    for layer, block in enumerate(blocks, start=1):
+        if layer >= dpam_start:
+            x, dpam = _dpam_block(block, x, dpam)
+        else:
+            x = block(x)
+        if layer in feature_layers:
+            taken.append(x if dpam is None else dpam)
+    pooled = visual.ln_post(x[:, 0]) @ visual.proj
+    patches = [visual.ln_post(t[:, 1:]) @ visual.proj for t in taken]
+    return pooled, patches
+
+
+# ---------------------------------------------------------------- scores, maps and losses
+
+
+def image_logits(pooled: Tensor, text: Tensor, temperature: float) -> Tensor:
+    """``[B, 2]`` logits (normal, anomalous) of the global embeddings."""
+    return F.normalize(pooled, dim=-1) @ text.t() / temperature
+
+
+def similarity_maps(patches: list[Tensor], text: Tensor, temperature: float, size: int) -> list[Tensor]:
+    """Per feature layer ``[B, 2, size, size]`` softmax probabilities (normal, anomalous), upsampled after the
+    softmax as the official ``get_similarity_map``."""
+    maps = []
+    for tokens in patches:
+        probs = (F.normalize(tokens, dim=-1) @ text.t() / temperature).softmax(dim=-1)
+        grid = math.isqrt(probs.shape[1])
+        probs = probs.transpose(1, 2).reshape(probs.shape[0], 2, grid, grid)
+        maps.append(F.interpolate(probs, size=(size, size), mode="bilinear", align_corners=False))
+    return maps
+
+
+def focal_loss(probs: Tensor, target: Tensor, gamma: float = 2.0, eps: float = 1e-5) -> Tensor:
+    """Focal loss on softmax probabilities ``[B,2,H,W]`` and a binary mask ``[B,H,W]`` (the official ``FocalLoss``
+    with alpha = 1; its 1e-5 label smoothing is left out)."""
+    pt = torch.where(target > 0.5, probs[:, 1], probs[:, 0]) + eps
+    return (-(1 - pt) ** gamma * pt.log()).mean()
+
+
+def dice_loss(prob: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
+    """Per-image binary dice loss ``[B,H,W]``, averaged over the batch."""
+    p, t = prob.flatten(1), target.flatten(1)
+    return (1 - (2 * (p * t).sum(1) + smooth) / (p.sum(1) + t.sum(1) + smooth)).mean()
+
+
+def anomalyclip_losses(clip_model: nn.Module, prompts: AnomalyCLIPPrompts, settings: AnomalyCLIPSettings,
+                       images: Tensor, labels: Tensor, masks: Tensor) -> dict[str, Tensor]:
+    """Loss terms and their weighted ``total`` for one labelled batch (images 0..1, masks binarised at 0.5)."""
+    with torch.no_grad():  # the vision tower is frozen and nothing on its side learns
+        pooled, patches = encode_image(clip_model, normalize(images), settings.feature_layers, settings.dpam_start)
+    text = prompts(clip_model)
+    gt = (masks > 0.5).to(pooled.dtype)
+    maps = similarity_maps(patches, text, settings.temperature, settings.image_size)
+    image = F.cross_entropy(image_logits(pooled, text, settings.temperature), labels.long())
+    focal = sum(focal_loss(m, gt) for m in maps)
+    dice = sum(dice_loss(m[:, 1], gt) + dice_loss(m[:, 0], 1 - gt) for m in maps)
+    total = image + settings.focal_weight * focal + settings.dice_weight * dice
+    return {"total": total, "image": image, "focal": focal, "dice": dice}
+
+
+def _assert_frozen(clip_model: nn.Module) -> None:
+    trainable = [name for name, p in clip_model.named_parameters() if p.requires_grad]
+    assert not trainable, f"CLIP parameters must stay frozen, these require grad: {trainable[:3]}"
+
+
+def train_anomalyclip(settings: AnomalyCLIPSettings, clip_model: nn.Module,
+                      batches: Iterable[tuple[Tensor, Tensor, Tensor]], steps: int
+                      ) -> tuple[AnomalyCLIPPrompts, list[dict]]:
+    """Learn the prompts on auxiliary labelled data: ``(images [B,3,H,W] 0..1, labels [B], masks [B,H,W])``
+    batches, at most ``steps`` of them. Adam with betas (0.5, 0.999), as the official training script."""
+    _assert_frozen(clip_model)
+    prompts = build_prompts(settings, clip_model).train()
+    optimizer = torch.optim.Adam(prompts.parameters(), lr=settings.lr, betas=(0.5, 0.999))
+    device = prompts.ctx.device
+    curve = []
+    for step, (images, labels, masks) in enumerate(islice(batches, steps)):
+        losses = anomalyclip_losses(clip_model, prompts, settings, images.to(device), labels.to(device),
+                                    masks.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimizer.step()
+        curve.append({"step": step, **{name: float(value.detach()) for name, value in losses.items()}})
+    _assert_frozen(clip_model)
+    return prompts.eval(), curve
+
+
+# ---------------------------------------------------------------- checkpoints and the detector
+
+
+def save_checkpoint(prompts: AnomalyCLIPPrompts, settings: AnomalyCLIPSettings, clip_fingerprint: str) -> bytes:
+    """The learnable prompt tensors, the settings and the CLIP fingerprint: plain tensors and strings, so
+    :func:`load_checkpoint` can use ``weights_only=True``. CLIP itself is reloaded from the settings."""
+    state = {name: t.detach().cpu().clone() for name, t in prompts.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "settings": settings.model_dump_json(), "state": state,
+               "clip_fingerprint": clip_fingerprint}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def checkpoint_version(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+
+
+def load_checkpoint(data: bytes, storage: Storage, clip_arch: str | None = None, clip_weights: str | None = None,
+                    device: str = "cpu") -> AnomalyCLIPDetector:
+    """``clip_arch``/``clip_weights`` override the stored ones. Prompts trained against real CLIP weights are
+    refused with other weights; prompts trained against a random init (tests, smoke runs) are not checked."""
+    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"not an AnomalyCLIP checkpoint (expected format {CHECKPOINT_FORMAT})")
+    settings = AnomalyCLIPSettings.model_validate_json(payload["settings"])
+    overrides = {k: v for k, v in {"clip_arch": clip_arch, "clip_weights": clip_weights}.items() if v is not None}
+    settings = AnomalyCLIPSettings.model_validate({**settings.model_dump(), **overrides})
+    clip_model, fingerprint = load_clip(settings.clip_arch, settings.clip_weights, settings.seed, storage)
+    trained_with = payload["clip_fingerprint"]
+    if fingerprint != trained_with and not trained_with.startswith(RANDOM_FINGERPRINT_PREFIX):
+        raise ValueError(f"CLIP {settings.clip_arch} with weights {settings.clip_weights} has fingerprint "
+                         f"{fingerprint}; the prompts were trained with {trained_with}")
+    prompts = build_prompts(settings, clip_model)
+    try:
+        prompts.load_state_dict(payload["state"])
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint prompts do not fit CLIP {settings.clip_arch}: {exc}") from exc
+    return AnomalyCLIPDetector(clip_model.to(device), prompts.to(device), settings, fingerprint,
+                               version=checkpoint_version(data), device=device)
+
+
+class AnomalyCLIPDetector:
+    """AnomalyCLIP behind the :class:`~pipeline.detectors.base.Detector` protocol. The two text embeddings do not
+    depend on the image and are computed once here; every image is scored on its own."""
+
+    name = "anomalyclip"
+
+    def __init__(self, clip_model: nn.Module, prompts: AnomalyCLIPPrompts, settings: AnomalyCLIPSettings,
+                 clip_fingerprint: str, version: str | None = None, device: str = "cpu"):
+        self.clip_model = clip_model.eval().to(device)
+        self.prompts = prompts.eval().to(device)
+        self.settings = settings
+        self.device = device
+        self.version = version or checkpoint_version(save_checkpoint(prompts, settings, clip_fingerprint))
+        self.threshold: float | None = None
+        self.image_size = settings.image_size
+        with torch.no_grad():
+            self.text = self.prompts(self.clip_model)
+
+    @classmethod
+    def load(cls, storage: Storage, uri: str, clip_arch: str | None = None, clip_weights: str | None = None,
+             device: str = "cpu") -> AnomalyCLIPDetector:
+        return load_checkpoint(storage.read_bytes(uri), storage, clip_arch, clip_weights, device)
+
+    @classmethod
+    def untrained(cls, settings: AnomalyCLIPSettings, storage: Storage, device: str = "cpu") -> AnomalyCLIPDetector:
+        """Zero-shot with fresh (seeded, untrained) prompts: works, but the checkpoint is the normal path."""
+        clip_model, fingerprint = load_clip(settings.clip_arch, settings.clip_weights, settings.seed, storage)
+        return cls(clip_model, build_prompts(settings, clip_model), settings, fingerprint, device=device)
+
+    def score(self, images: Tensor) -> ScoreBatch:
+        size, s = self.image_size, self.settings
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"expected [N,3,{size},{size}] in 0..1, got {list(images.shape)}")
+        with torch.inference_mode():
+            pooled, patches = encode_image(self.clip_model, normalize(images.to(self.device)), s.feature_layers,
+                                           s.dpam_start)
+            scores = image_logits(pooled, self.text, s.temperature).softmax(dim=-1)[:, 1]
+            maps = torch.stack([m[:, 1] for m in similarity_maps(patches, self.text, s.temperature, size)])
+            maps = gaussian_blur(maps.mean(dim=0), s.sigma)
+        return ScoreBatch(scores.float().cpu().numpy(), maps.float().cpu().numpy())

@@ -1,0 +1,359 @@
+"""InCTRL (Zhu & Pang, CVPR 2024, "Toward Generalist Anomaly Detection via In-context Residual Learning with
+Few-shot Sample Prompts"), on a frozen open_clip ViT.
+
+A query image is compared with ``k`` normal *prompt* images of the target data; a detector trained once on
+auxiliary labelled data then scores residuals, so it carries over to new data sets given only new prompts.
+
+- Patch residuals: at each tapped ViT block (raw residual-stream tokens, as the official code), every query patch
+  token gets ``0.5 * (1 - max cos)`` against all patch tokens of the ``k`` prompts; the layers are averaged into the
+  patch map ``M`` (``[grid*grid]``).
+- Image residual: ``r = A(g_q) - mean_j A(g_pj)`` with ``A`` a trainable bottleneck adapter on the projected CLS
+  embedding ``g``; ``s_i = head_i(r)``.
+- Text prior: ``s_t = softmax(100 * cos(g_q, [normal, anomalous]))[anomalous]`` with prompt-ensemble text embeddings.
+- Holistic head (official code): ``s_h = head_h(M + s_t + s_i)`` (the two scalars broadcast over the patch vector).
+- Final score: ``s = (s_h + max(M)) / 2``; the loss is ``BCE(s) + BCE(s_i)`` on balanced batches.
+
+Deliberate differences from the official code (github.com/mala-lab/InCTRL): every tensor keeps its query's batch
+row (the official reshapes mix images up when the batch size is above 1); the residual is query minus prompts (the
+official subtracts the other way round, which the head's first linear layer absorbs); the loss is BCE on the
+sigmoid outputs (``focal_gamma`` > 0 gives a focal loss; the official applies a with-logits focal loss to
+probabilities); the text prompts name a generic ``object_name`` instead of the data set's class name, and the
+anomalous states add "broken {}" to the official four.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor, nn
+
+from pipeline.detectors.base import ScoreBatch
+from pipeline.features.clip import load_clip, normalize, tokenizer
+from pipeline.features.preprocess import gaussian_blur
+from pipeline.io.storage import Storage
+
+CHECKPOINT_FORMAT = "inctrl/1"
+
+NORMAL_STATES = ["{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
+                 "{} without damage"]
+ANOMALOUS_STATES = ["damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage"]
+TEMPLATES = [
+    "a cropped photo of the {}.", "a cropped photo of a {}.", "a close-up photo of a {}.",
+    "a close-up photo of the {}.", "a bright photo of a {}.", "a bright photo of the {}.", "a dark photo of a {}.",
+    "a dark photo of the {}.", "a jpeg corrupted photo of a {}.", "a jpeg corrupted photo of the {}.",
+    "a blurry photo of the {}.", "a blurry photo of a {}.", "a photo of the {}.", "a photo of a {}.",
+    "a photo of a small {}.", "a photo of the small {}.", "a photo of a large {}.", "a photo of the large {}.",
+    "a photo of a {} for visual inspection.", "a photo of the {} for visual inspection.",
+    "a photo of a {} for anomaly detection.", "a photo of the {} for anomaly detection.",
+]
+
+
+class InCTRLSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    clip_arch: str = Field("ViT-B-16-plus-240", min_length=1, description="open_clip architecture (frozen)")
+    clip_weights: str = Field("none", min_length=1, description="see pipeline.features.clip.load_clip")
+    seed: int = Field(0, description="CLIP init (weights='none'), head init and training batches")
+    image_size: int = Field(240, ge=16, le=1024, description="must equal the ViT's input size")
+    shots: int = Field(4, ge=1, le=64, description="k normal prompt images per query")
+    patch_layers: list[int] = Field(default_factory=lambda: [7, 9, 11],
+                                    description="1-based ViT blocks whose patch tokens give residual maps")
+    adapter_reduction: int = Field(4, ge=1, description="bottleneck factor of the image-level adapter")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (official: 1e-3)")
+    focal_gamma: float = Field(0.0, ge=0, description="0: binary cross-entropy; > 0: binary focal loss")
+    text_scale: float = Field(100.0, gt=0, description="logit scale of the text prior")
+    object_name: str = Field("object", min_length=1)
+    normal_states: list[str] = Field(default_factory=lambda: list(NORMAL_STATES))
+    anomalous_states: list[str] = Field(default_factory=lambda: list(ANOMALOUS_STATES))
+    templates: list[str] = Field(default_factory=lambda: list(TEMPLATES))
+    sigma: float = Field(4.0, ge=0, description="Gaussian smoothing of the output maps, in pixels")
+
+    @field_validator("patch_layers")
+    @classmethod
+    def _layers(cls, layers: list[int]) -> list[int]:
+        if not layers or min(layers) < 1 or len(set(layers)) != len(layers):
+            raise ValueError("patch_layers: one or more distinct 1-based block numbers")
+        return sorted(layers)
+
+    @field_validator("normal_states", "anomalous_states", "templates")
+    @classmethod
+    def _one_slot(cls, texts: list[str]) -> list[str]:
+        if not texts or any(t.count("{}") != 1 for t in texts):
+            raise ValueError("each text needs exactly one '{}' slot, and the list must not be empty")
+        return texts
+
+
+# ---------------------------------------------------------------- frozen CLIP features
+
+
+@dataclass
+class ClipFeatures:
+    """``global_``: projected CLS embeddings ``[B,E]`` (prompts: ``[B,k,E]``); ``patches``: tapped patch tokens
+    ``[B,L,P,W]`` (prompts: ``[B,L,k*P,W]``, the k images' tokens side by side)."""
+
+    global_: Tensor
+    patches: Tensor
+
+
+def check_clip(settings: InCTRLSettings, clip_model: nn.Module) -> None:
+    visual = clip_model.visual
+    size, depth = visual.image_size[0], len(visual.transformer.resblocks)
+    if settings.image_size != size:
+        raise ValueError(f"image_size={settings.image_size} but {settings.clip_arch} takes {size} px")
+    if max(settings.patch_layers) > depth:
+        raise ValueError(f"patch_layers={settings.patch_layers} but {settings.clip_arch} has {depth} blocks")
+
+
+def encode_images(clip_model: nn.Module, images: Tensor, layers: list[int]) -> ClipFeatures:
+    """``images``: ``[B,3,H,W]`` in 0..1. Tokens after the 1-based blocks ``layers`` (sorted), without ln_post."""
+    out = clip_model.visual.forward_intermediates(normalize(images), indices=[n - 1 for n in layers],
+                                                  output_fmt="NLC")
+    return ClipFeatures(out["image_features"], torch.stack(out["image_intermediates"], dim=1))
+
+
+def group_prompts(features: ClipFeatures, shots: int) -> ClipFeatures:
+    """Features of ``B*shots`` images, query-major (query 0's prompts first), to per-query prompt sets."""
+    batch = features.global_.shape[0] // shots
+    _, layers, patches, width = features.patches.shape
+    grouped = features.patches.view(batch, shots, layers, patches, width).transpose(1, 2)
+    return ClipFeatures(features.global_.view(batch, shots, -1), grouped.reshape(batch, layers, shots * patches, width))
+
+
+def text_features(clip_model: nn.Module, settings: InCTRLSettings) -> Tensor:
+    """``[2,E]``: the normalised mean of the normalised embeddings of the normal, then the anomalous prompts."""
+    tokenize = tokenizer(settings.clip_arch)
+    device = next(clip_model.parameters()).device
+    rows = []
+    for states in (settings.normal_states, settings.anomalous_states):
+        texts = [t.format(s.format(settings.object_name)) for s in states for t in settings.templates]
+        embeddings = F.normalize(clip_model.encode_text(tokenize(texts).to(device)), dim=-1)
+        rows.append(F.normalize(embeddings.mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+# ---------------------------------------------------------------- trainable heads and the forward pass
+
+
+def score_head(dim_in: int) -> nn.Sequential:
+    """The official ``TransformerBasicHead``: 128 -> 64 -> 1 with batch norm after each ReLU, sigmoid output."""
+    return nn.Sequential(nn.Linear(dim_in, 128), nn.ReLU(), nn.BatchNorm1d(128), nn.Linear(128, 64), nn.ReLU(),
+                         nn.BatchNorm1d(64), nn.Linear(64, 1), nn.Sigmoid())
+
+
+class InCTRLHeads(nn.Module):
+    """Everything InCTRL trains: the image-level adapter, the image residual head and the holistic head."""
+
+    def __init__(self, embed_dim: int, num_patches: int, reduction: int):
+        super().__init__()
+        hidden = max(1, embed_dim // reduction)
+        self.adapter = nn.Sequential(nn.Linear(embed_dim, hidden, bias=False), nn.ReLU(),
+                                     nn.Linear(hidden, embed_dim, bias=False), nn.ReLU())
+        self.image_head = score_head(embed_dim)
+        self.holistic_head = score_head(num_patches)
+
+
+def build_heads(settings: InCTRLSettings, clip_model: nn.Module) -> InCTRLHeads:
+    """Fresh heads sized for ``clip_model`` (initialised from torch's global RNG)."""
+    check_clip(settings, clip_model)
+    visual = clip_model.visual
+    return InCTRLHeads(visual.output_dim, visual.grid_size[0] * visual.grid_size[1], settings.adapter_reduction)
+
+
+@dataclass
+class InCTRLOutput:
+    final: Tensor  # [B] the anomaly score
+    image: Tensor  # [B] image-level residual head
+    holistic: Tensor  # [B] holistic head
+    text: Tensor  # [B] text prior
+    patch_map: Tensor  # [B,P] layer-averaged patch residuals
+
+
+def patch_residuals(query: Tensor, prompts: Tensor) -> Tensor:
+    """``[B,L,P,W]`` query tokens vs ``[B,L,Q,W]`` prompt tokens -> ``[B,P]`` mean over layers of
+    ``0.5 * (1 - max cos)``. The nearest token is found by a matmul; the residual is recomputed from the difference
+    of unit vectors (``|a-b|^2 / 4`` equals ``(1 - cos) / 2``), so a patch equal to a prompt patch gives exactly 0."""
+    q, p = F.normalize(query, dim=-1), F.normalize(prompts, dim=-1)
+    nearest = (q @ p.transpose(-1, -2)).argmax(dim=-1)
+    matched = torch.gather(p, 2, nearest.unsqueeze(-1).expand(-1, -1, -1, p.shape[-1]))
+    return (0.25 * (q - matched).pow(2).sum(-1)).mean(dim=1)
+
+
+def inctrl_forward(heads: InCTRLHeads, query: ClipFeatures, prompts: ClipFeatures, text: Tensor,
+                   settings: InCTRLSettings) -> InCTRLOutput:
+    """``prompts``: per-query prompt sets from :func:`group_prompts`, batch B or 1 (shared by all queries)."""
+    batch = query.global_.shape[0]
+    prompt_patches = prompts.patches.expand(batch, -1, -1, -1)
+    patch_map = patch_residuals(query.patches, prompt_patches)
+    residual = heads.adapter(query.global_) - heads.adapter(prompts.global_).mean(dim=1)
+    image = heads.image_head(residual).squeeze(1)
+    logits = settings.text_scale * F.normalize(query.global_, dim=-1) @ text.T
+    text_prior = logits.softmax(dim=-1)[:, 1]
+    holistic = heads.holistic_head(patch_map + text_prior[:, None] + image[:, None]).squeeze(1)
+    final = (holistic + patch_map.amax(dim=1)) / 2
+    return InCTRLOutput(final, image, holistic, text_prior, patch_map)
+
+
+# ---------------------------------------------------------------- prompts and training
+
+
+def choose_prompts(uris: list[str], k: int, seed: int) -> list[str]:
+    """``k`` distinct URIs, the same for the same set of URIs in any order: a seeded sample of the sorted list."""
+    pool = sorted(set(uris))
+    if len(pool) < k:
+        raise ValueError(f"need {k} normal prompt images, got {len(pool)}")
+    return sorted(random.Random(seed).sample(pool, k))
+
+
+def binary_loss(scores: Tensor, labels: Tensor, gamma: float) -> Tensor:
+    bce = F.binary_cross_entropy(scores, labels, reduction="none")
+    return (bce if gamma == 0 else (1 - torch.exp(-bce)).pow(gamma) * bce).mean()
+
+
+def sample_prompt_indices(queries: Tensor, normal_count: int, shots: int, exclude: int,
+                          generator: torch.Generator) -> Tensor:
+    """``[len(queries)*shots]`` normal indices, query-major; the first ``exclude`` queries are normal indices that
+    their own prompt set must not contain."""
+    rows = []
+    for i, query in enumerate(queries.tolist()):
+        if i < exclude:
+            picks = torch.randperm(normal_count - 1, generator=generator)[:shots]
+            rows.append(picks + (picks >= query).long())
+        else:
+            rows.append(torch.randperm(normal_count, generator=generator)[:shots])
+    return torch.cat(rows)
+
+
+def train_inctrl(settings: InCTRLSettings, clip_model: nn.Module, normal_images: Tensor, anomalous_images: Tensor,
+                 steps: int, batch_size: int = 8) -> tuple[InCTRLHeads, list[float]]:
+    """Train fresh heads on auxiliary data (images 0..1). Each step: ``batch_size/2`` normal and as many anomalous
+    queries, each with its own ``shots`` normal prompts drawn from the other normal images. Returns the heads in
+    eval mode and the per-step loss. CLIP must come frozen (as :func:`load_clip` returns it) and stays so."""
+    if any(p.requires_grad for p in clip_model.parameters()):
+        raise ValueError("clip_model must be frozen (requires_grad=False)")
+    if batch_size < 2 or batch_size % 2:
+        raise ValueError("batch_size: an even number >= 2 (balanced batches, batch norm)")
+    normal_count = normal_images.shape[0]
+    if normal_count < settings.shots + 1 or anomalous_images.shape[0] < 1:
+        raise ValueError(f"need at least shots+1={settings.shots + 1} normal and 1 anomalous image")
+    device = next(clip_model.parameters()).device
+    half = batch_size // 2
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        heads = build_heads(settings, clip_model).to(device)
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=settings.lr, betas=(0.9, 0.999))
+    labels = torch.cat([torch.zeros(half), torch.ones(half)]).to(device)
+    with torch.no_grad():
+        text = text_features(clip_model, settings)
+    heads.train()
+    curve: list[float] = []
+    for _ in range(steps):
+        normal_idx = torch.randint(normal_count, (half,), generator=generator)
+        anomalous_idx = torch.randint(anomalous_images.shape[0], (half,), generator=generator)
+        prompt_idx = sample_prompt_indices(torch.cat([normal_idx, anomalous_idx]), normal_count, settings.shots,
+                                           half, generator)
+        queries = torch.cat([normal_images[normal_idx], anomalous_images[anomalous_idx]]).to(device)
+        with torch.no_grad():
+            query = encode_images(clip_model, queries, settings.patch_layers)
+            prompts = group_prompts(encode_images(clip_model, normal_images[prompt_idx].to(device),
+                                                  settings.patch_layers), settings.shots)
+        out = inctrl_forward(heads, query, prompts, text, settings)
+        loss = binary_loss(out.final, labels, settings.focal_gamma) + binary_loss(out.image, labels,
+                                                                                   settings.focal_gamma)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        curve.append(float(loss.detach()))
+    return heads.eval(), curve
+
+
+# ---------------------------------------------------------------- checkpoints and the detector
+
+
+def save_checkpoint(heads: InCTRLHeads, settings: InCTRLSettings, clip_fingerprint: str) -> bytes:
+    """Trainable tensors, settings JSON and the CLIP fingerprint only: loadable with ``weights_only=True``."""
+    state = {name: t.detach().cpu().clone() for name, t in heads.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "settings": settings.model_dump_json(), "state": state,
+               "clip_fingerprint": clip_fingerprint}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def checkpoint_version(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+
+
+def load_checkpoint(data: bytes, storage: Storage, prompts: Tensor, clip_arch: str | None = None,
+                    clip_weights: str | None = None, shots: int | None = None, device: str = "cpu") -> InCTRLDetector:
+    """A detector from :func:`save_checkpoint` bytes and ``prompts`` ``[shots,3,H,W]`` (0..1). ``clip_arch``,
+    ``clip_weights`` and ``shots`` override the stored settings; CLIP weights other than those trained with are
+    refused unless training used a random-init CLIP."""
+    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"not an InCTRL checkpoint (expected format {CHECKPOINT_FORMAT})")
+    stored = InCTRLSettings.model_validate_json(payload["settings"])
+    overrides = {k: v for k, v in {"clip_arch": clip_arch, "clip_weights": clip_weights, "shots": shots}.items()
+                 if v is not None}
+    settings = InCTRLSettings.model_validate({**stored.model_dump(), **overrides})
+    clip_model, fingerprint = load_clip(settings.clip_arch, settings.clip_weights, settings.seed, storage)
+    trained_with = payload["clip_fingerprint"]
+    if not trained_with.startswith("random:") and trained_with != fingerprint:
+        raise ValueError(f"clip_arch={settings.clip_arch} clip_weights={settings.clip_weights} have fingerprint "
+                         f"{fingerprint}, the checkpoint was trained with {trained_with}")
+    with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten: leave the caller's RNG alone
+        heads = build_heads(settings, clip_model)
+    try:
+        heads.load_state_dict(payload["state"])
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint heads do not fit clip_arch={settings.clip_arch}: {exc}") from exc
+    return InCTRLDetector(clip_model.to(device), heads.to(device), settings, prompts, checkpoint_version(data), device)
+
+
+class InCTRLDetector:
+    """InCTRL behind the :class:`~pipeline.detectors.base.Detector` protocol. Each image is scored on its own
+    against the fixed prompt set (features computed once here), so its score does not depend on its batch.
+    ``clip_model`` and ``heads`` must already be on ``device`` (:func:`load_checkpoint` puts them there)."""
+
+    name = "inctrl"
+
+    def __init__(self, clip_model: nn.Module, heads: InCTRLHeads, settings: InCTRLSettings, prompts: Tensor,
+                 version: str | None = None, device: str = "cpu"):
+        check_clip(settings, clip_model)
+        self.clip_model = clip_model.eval()
+        self.heads = heads.eval()
+        self.settings = settings
+        self.device = device
+        self.image_size = settings.image_size
+        self.threshold: float | None = None
+        self.version = version or checkpoint_version(save_checkpoint(heads, settings, "unsaved"))
+        if tuple(prompts.shape) != (settings.shots, 3, self.image_size, self.image_size):
+            raise ValueError(f"prompts: expected [{settings.shots},3,{self.image_size},{self.image_size}] "
+                             f"(shots={settings.shots}), got {list(prompts.shape)}")
+        with torch.inference_mode():
+            self.text = text_features(clip_model, settings)
+            features = encode_images(clip_model, prompts.to(device), settings.patch_layers)
+            self.prompts = group_prompts(features, settings.shots)
+
+    def forward(self, images: Tensor) -> InCTRLOutput:
+        """All score parts of ``images`` ``[B,3,H,W]`` (0..1)."""
+        size = self.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"expected [N,3,{size},{size}] in 0..1, got {list(images.shape)}")
+        with torch.inference_mode():
+            query = encode_images(self.clip_model, images.to(self.device), self.settings.patch_layers)
+            return inctrl_forward(self.heads, query, self.prompts, self.text, self.settings)
+
+    def score(self, images: Tensor) -> ScoreBatch:
+        out = self.forward(images)
+        batch, grid = images.shape[0], self.clip_model.visual.grid_size
+        maps = out.patch_map.view(batch, 1, *grid)
+        maps = F.interpolate(maps, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        maps = gaussian_blur(maps[:, 0], self.settings.sigma)
+        return ScoreBatch(out.final.float().cpu().numpy(), maps.float().cpu().numpy())
