@@ -20,7 +20,8 @@ import torch
 from pipeline.config import ConfigError, ScoreConfig
 from pipeline.detectors import inctrl
 from pipeline.detectors.anomalyclip import AnomalyCLIPDetector
-from pipeline.detectors.dmad import DMADDetector, checkpoint_version, video_frame_scores
+from pipeline.detectors.checkpoints import checkpoint_version
+from pipeline.detectors.dmad import DMADDetector, video_frame_scores
 from pipeline.detectors.patchcore import PatchCoreDetector
 from pipeline.features.preprocess import to_input_tensor
 from pipeline.io import sinks

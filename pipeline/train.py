@@ -13,7 +13,6 @@ to ``model_out`` (path or ``s3://``) and logs the loss curve and the checkpoint 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import socket
 import time
@@ -28,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline.config import DecodeSettings, RuntimeSettings, StorageSettings, TrackingSettings, VideoSettings
 from pipeline.detectors.anomalyclip import AnomalyCLIPSettings, train_anomalyclip
 from pipeline.detectors.anomalyclip import save_checkpoint as save_anomalyclip
+from pipeline.detectors.checkpoints import checkpoint_version
 from pipeline.detectors.dmad import (
     DMADSettings,
     build_model,
@@ -241,8 +241,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     checkpoint, curve = result["checkpoint"], result["curve"]
     storage.write_bytes(cfg.model_out, checkpoint)
     summary = {
-        "model_out": cfg.model_out, "detector": cfg.detector, "version": "sha256:" +
-        hashlib.sha256(checkpoint).hexdigest()[:16],
+        "model_out": cfg.model_out, "detector": cfg.detector, "version": checkpoint_version(checkpoint),
         "variant": cfg.dmad.variant if cfg.detector == "dmad" else None,
         "steps": cfg.steps, "workers": len(n_samples), "samples_per_worker": n_samples,
         "loss_first": curve[0]["total"], "loss_last": curve[-1]["total"],

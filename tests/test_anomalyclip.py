@@ -25,13 +25,7 @@ SETTINGS = AnomalyCLIPSettings(clip_arch="tiny-vit-test", seed=0, image_size=64,
                                deep_prompt_length=2, dpam_start=2, feature_layers=[1, 2, 3, 4], lr=5e-3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tiny models run faster on one thread than on contended cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

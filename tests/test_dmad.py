@@ -25,13 +25,7 @@ VIDEO = DMADSettings(image_size=32, in_frames=2, channels=8, codebook_size=16, c
 IMAGE = DMADSettings(variant="image", image_size=32, channels=8, codebook_size=16, code_dim=16, lr=1e-3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tiny models run several times faster on one thread than on contended cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def normal_clip(frames: int = 20, size: int = 32) -> torch.Tensor:

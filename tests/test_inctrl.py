@@ -28,13 +28,7 @@ SETTINGS = InCTRLSettings(clip_arch="tiny-vit-test", image_size=64, shots=2, pat
                           templates=["a photo of a {}.", "a close-up photo of the {}."])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tiny models run faster on one thread than on contended cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def textures(n: int, seed: int) -> torch.Tensor:

@@ -29,7 +29,6 @@ projections of the official prompt learner are not built; only open_clip's defau
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 from collections.abc import Iterable
@@ -41,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validato
 from torch import Tensor, nn
 
 from pipeline.detectors.base import ScoreBatch
+from pipeline.detectors.checkpoints import checkpoint_version, pack
 from pipeline.features.clip import load_clip, normalize, tokenizer
 from pipeline.features.preprocess import gaussian_blur
 from pipeline.io.storage import Storage
@@ -288,16 +288,7 @@ def train_anomalyclip(settings: AnomalyCLIPSettings, clip_model: nn.Module,
 def save_checkpoint(prompts: AnomalyCLIPPrompts, settings: AnomalyCLIPSettings, clip_fingerprint: str) -> bytes:
     """The learnable prompt tensors, the settings and the CLIP fingerprint: plain tensors and strings, so
     :func:`load_checkpoint` can use ``weights_only=True``. CLIP itself is reloaded from the settings."""
-    state = {name: t.detach().cpu().clone() for name, t in prompts.state_dict().items()}
-    payload = {"format": CHECKPOINT_FORMAT, "settings": settings.model_dump_json(), "state": state,
-               "clip_fingerprint": clip_fingerprint}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
-
-
-def checkpoint_version(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+    return pack(CHECKPOINT_FORMAT, settings.model_dump_json(), prompts.state_dict(), clip_fingerprint=clip_fingerprint)
 
 
 def load_checkpoint(data: bytes, storage: Storage, clip_arch: str | None = None, clip_weights: str | None = None,

@@ -22,7 +22,6 @@ a plain moving average; the background template starts at mid-grey, not at a pre
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 
 from pipeline.config import StorageSettings
 from pipeline.detectors.base import ScoreBatch
+from pipeline.detectors.checkpoints import checkpoint_version, pack
 from pipeline.features.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from pipeline.features.preprocess import gaussian_blur
 from pipeline.io.storage import Storage
@@ -481,17 +481,9 @@ def train_dmad(settings: DMADSettings, batches: Iterable[Tensor], steps: int, se
 def save_checkpoint(model: nn.Module, settings: DMADSettings) -> bytes:
     """Plain tensors and strings only, so :func:`load_checkpoint` can use ``weights_only=True``. The frozen image
     backbone is not stored: it is rebuilt from the settings and checked against its weights' fingerprint."""
-    state = {name: t.detach().cpu().clone() for name, t in model.state_dict().items()
-             if not name.startswith("backbone.")}
-    payload = {"format": CHECKPOINT_FORMAT, "settings": settings.model_dump_json(), "state": state,
-               "backbone_fingerprint": model.backbone_fingerprint}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
-
-
-def checkpoint_version(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+    state = {name: t for name, t in model.state_dict().items() if not name.startswith("backbone.")}
+    return pack(CHECKPOINT_FORMAT, settings.model_dump_json(), state,
+                backbone_fingerprint=model.backbone_fingerprint)
 
 
 def load_checkpoint(data: bytes, storage: Storage | None = None, device: str = "cpu") -> DMADDetector:

@@ -23,7 +23,6 @@ anomalous states add "broken {}" to the official four.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import random
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from pipeline.detectors.base import ScoreBatch
+from pipeline.detectors.checkpoints import checkpoint_version, pack
 from pipeline.features.clip import load_clip, normalize, tokenizer
 from pipeline.features.preprocess import gaussian_blur
 from pipeline.io.storage import Storage
@@ -278,16 +278,7 @@ def train_inctrl(settings: InCTRLSettings, clip_model: nn.Module, normal_images:
 
 def save_checkpoint(heads: InCTRLHeads, settings: InCTRLSettings, clip_fingerprint: str) -> bytes:
     """Trainable tensors, settings JSON and the CLIP fingerprint only: loadable with ``weights_only=True``."""
-    state = {name: t.detach().cpu().clone() for name, t in heads.state_dict().items()}
-    payload = {"format": CHECKPOINT_FORMAT, "settings": settings.model_dump_json(), "state": state,
-               "clip_fingerprint": clip_fingerprint}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
-
-
-def checkpoint_version(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+    return pack(CHECKPOINT_FORMAT, settings.model_dump_json(), heads.state_dict(), clip_fingerprint=clip_fingerprint)
 
 
 def load_checkpoint(data: bytes, storage: Storage, prompts: Tensor, clip_arch: str | None = None,
