@@ -20,6 +20,7 @@ import torch
 from pipeline.config import ConfigError, ScoreConfig
 from pipeline.detectors import inctrl
 from pipeline.detectors.anomalyclip import AnomalyCLIPDetector
+from pipeline.detectors.base import Detector
 from pipeline.detectors.checkpoints import checkpoint_version
 from pipeline.detectors.dmad import DMADDetector, video_frame_scores
 from pipeline.detectors.patchcore import PatchCoreDetector
@@ -80,7 +81,7 @@ def inctrl_prompts(cfg: ScoreConfig, storage: Storage, checkpoint: bytes) -> tor
                         for u in chosen])
 
 
-def load_detector(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str):
+def load_detector(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> Detector:
     if cfg.detector == "patchcore":
         return PatchCoreDetector.load(storage, model.uri, device=device)
     if cfg.detector == "dmad":

@@ -67,10 +67,6 @@ class Storage:
         fs, path = self._fs_for(uri)
         return self._call(uri, fs.exists, path)
 
-    def isdir(self, uri: str) -> bool:
-        fs, path = self._fs_for(uri)
-        return self._call(uri, fs.isdir, path)
-
     def read_bytes(self, uri: str) -> bytes:
         fs, path = self._fs_for(uri)
         return self._call(uri, fs.cat_file, path)
@@ -78,10 +74,6 @@ class Storage:
     def open_read(self, uri: str):
         fs, path = self._fs_for(uri)
         return self._call(uri, fs.open, path, "rb")
-
-    def size(self, uri: str) -> int:
-        fs, path = self._fs_for(uri)
-        return int(self._call(uri, fs.size, path))
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         fs, path = self._fs_for(uri)
