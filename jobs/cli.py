@@ -37,6 +37,13 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None}
 
 
+def run_config_job(description: str, flags: list[tuple[str, str, type]], argv: list[str] | None,
+                   run: Callable[[str | None, dict[str, Any]], dict[str, Any]]) -> int:
+    """Parse ``--config`` and ``flags``, then ``run(config_path, dotted_overrides)`` through :func:`run_main`."""
+    args = build_parser(description, flags).parse_args(argv)
+    return run_main(lambda: run(args.config, overrides(args)))
+
+
 def run_main(job: Callable[[], dict[str, Any]]) -> int:
     """Run ``job``; print its summary as JSON; turn known failures into one clear line, exit 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

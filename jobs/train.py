@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from jobs.cli import build_parser, overrides, run_main
+from jobs.cli import run_config_job
 from pipeline.config import load_config
 
 FLAGS = [
@@ -26,15 +26,14 @@ FLAGS = [
 ]
 
 
+def _run(config: str | None, flags: dict) -> dict:
+    from pipeline.train import TrainConfig, run_train
+
+    return run_train(load_config(TrainConfig, config, flags))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(__doc__, FLAGS).parse_args(argv)
-
-    def job() -> dict:
-        from pipeline.train import TrainConfig, run_train
-
-        return run_train(load_config(TrainConfig, args.config, overrides(args)))
-
-    return run_main(job)
+    return run_config_job(__doc__, FLAGS, argv, _run)
 
 
 if __name__ == "__main__":

@@ -89,11 +89,9 @@ class PatchCoreSettings(_Strict):
         return sorted(layers)
 
 
-class FitConfig(_Strict):
-    normal: str = Field(min_length=1)
-    bank: str = Field(min_length=1)
-    update_from: str | None = Field(None, description="bank version to extend with 'normal' ('latest' or vNNNN)")
-    patchcore: PatchCoreSettings = PatchCoreSettings()
+class JobConfig(_Strict):
+    """The sections every job has: how video is sampled, decode limits, storage, Ray, MLflow."""
+
     video: VideoSettings = VideoSettings()
     decode: DecodeSettings = DecodeSettings()
     storage: StorageSettings = StorageSettings()
@@ -101,7 +99,14 @@ class FitConfig(_Strict):
     tracking: TrackingSettings = TrackingSettings()
 
 
-class ScoreConfig(_Strict):
+class FitConfig(JobConfig):
+    normal: str = Field(min_length=1)
+    bank: str = Field(min_length=1)
+    update_from: str | None = Field(None, description="bank version to extend with 'normal' ('latest' or vNNNN)")
+    patchcore: PatchCoreSettings = PatchCoreSettings()
+
+
+class ScoreConfig(JobConfig):
     input: str = Field(min_length=1)
     bank: str | None = Field(None, min_length=1, description="PatchCore memory bank root")
     bank_version: str | None = None
@@ -117,11 +122,6 @@ class ScoreConfig(_Strict):
     heatmaps: Literal["all", "anomalous", "none"] = "all"
     images_per_unit: int = Field(64, ge=1, le=100_000)
     batch_size: int = Field(8, ge=1, le=1024)
-    video: VideoSettings = VideoSettings()
-    decode: DecodeSettings = DecodeSettings()
-    storage: StorageSettings = StorageSettings()
-    runtime: RuntimeSettings = RuntimeSettings()
-    tracking: TrackingSettings = TrackingSettings()
 
     @model_validator(mode="after")
     def _artifact_for_detector(self) -> ScoreConfig:

@@ -22,9 +22,9 @@ import numpy as np
 import ray
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from pipeline.config import DecodeSettings, RuntimeSettings, StorageSettings, TrackingSettings, VideoSettings
+from pipeline.config import JobConfig
 from pipeline.detectors.anomalyclip import AnomalyCLIPSettings, train_anomalyclip
 from pipeline.detectors.anomalyclip import save_checkpoint as save_anomalyclip
 from pipeline.detectors.checkpoints import checkpoint_version
@@ -48,9 +48,7 @@ from pipeline.runtime import init_ray, setup_worker_threads
 from pipeline.tracking import flatten, start_run
 
 
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TrainConfig(JobConfig):
     detector: Literal["dmad", "anomalyclip", "inctrl"] = "dmad"
     normal: str | None = Field(None, min_length=1, description="dmad: normal images or videos")
     aux: str | None = Field(None, min_length=1, description="anomalyclip/inctrl: MVTec-style labelled folders")
@@ -63,11 +61,6 @@ class TrainConfig(BaseModel):
     dmad: DMADSettings = DMADSettings()
     anomalyclip: AnomalyCLIPSettings = AnomalyCLIPSettings()
     inctrl: InCTRLSettings = InCTRLSettings()
-    video: VideoSettings = VideoSettings()
-    decode: DecodeSettings = DecodeSettings()
-    storage: StorageSettings = StorageSettings()
-    runtime: RuntimeSettings = RuntimeSettings()
-    tracking: TrackingSettings = TrackingSettings()
 
     @model_validator(mode="after")
     def _data_for_detector(self) -> TrainConfig:
