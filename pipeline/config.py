@@ -38,6 +38,11 @@ class RuntimeSettings(_Strict):
     num_cpus_per_worker: float = Field(1.0, gt=0)
     num_gpus_per_worker: float = Field(0.0, ge=0)
     max_restarts: int = Field(2, ge=0, le=100)
+    placement_timeout_s: float = Field(
+        300.0, gt=0, description="cluster: how long to wait for workers Ray cannot place yet; the job goes on with "
+                                 "those that started, or fails naming the missing resources if none did")
+    unit_timeout_s: float = Field(
+        1800.0, gt=0, description="a work unit still running after this many seconds fails: error rows, no marker")
 
 
 class TrackingSettings(_Strict):
@@ -118,7 +123,8 @@ class ScoreConfig(JobConfig):
     output: str = Field(min_length=1)
     detector: Literal["patchcore", "dmad", "anomalyclip", "inctrl"] = "patchcore"
     run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-    threshold: float | None = None  # None: the threshold calibrated at fit time
+    threshold: float | None = Field(None, allow_inf_nan=False,
+                                    description="decision threshold; default: the one calibrated at fit time")
     heatmaps: Literal["all", "anomalous", "none"] = "all"
     images_per_unit: int = Field(64, ge=1, le=100_000)
     batch_size: int = Field(8, ge=1, le=1024)

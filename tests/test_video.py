@@ -16,7 +16,7 @@ from pipeline.score import run_score
 from pipeline.video_summary import read_rows
 
 STORAGE = Storage(StorageSettings())
-TREE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tree.avi"  # real Cinepak video (shared/)
+TREE = Path(__file__).resolve().parent / "data" / "tree.avi"  # real Cinepak video (OpenCV sample data)
 
 
 def frames(path, start=0, end=None, stride=1) -> list[int]:
