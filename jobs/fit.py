@@ -3,38 +3,41 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-from jobs.cli import run_config_job
-from pipeline.config import FitConfig, load_config
+from jobs.cli import Flag, run_config_job
+from pipeline.config import FitConfig
 
 FLAGS = [
-    ("--frame-stride", "video.frame_stride", int),
-    ("--fps", "video.fps", float),
-    ("--normal", "normal", str),
-    ("--bank", "bank", str),
-    ("--backbone", "patchcore.backbone", str),
-    ("--weights", "patchcore.weights", str),
-    ("--coreset-ratio", "patchcore.coreset_ratio", float),
-    ("--image-size", "patchcore.image_size", int),
-    ("--embed-dim", "patchcore.embed_dim", int),
-    ("--calibration-fraction", "patchcore.calibration_fraction", float),
-    ("--seed", "patchcore.seed", int),
-    ("--precision", "patchcore.precision", str),
-    ("--index-dtype", "patchcore.index_dtype", str),
-    ("--shard-vectors", "patchcore.shard_vectors", int),
-    ("--update-from", "update_from", str),
-    ("--images-per-shard", "patchcore.images_per_shard", int),
+    Flag("--normal", "normal", "URI"),
+    Flag("--bank", "bank", "URI"),
+    Flag("--update-from", "update_from", "VERSION"),
+    Flag("--frame-stride", "video.frame_stride"),
+    Flag("--fps", "video.fps"),
+    Flag("--backbone", "patchcore.backbone"),
+    Flag("--weights", "patchcore.weights", "WEIGHTS"),
+    Flag("--coreset-ratio", "patchcore.coreset_ratio"),
+    Flag("--image-size", "patchcore.image_size"),
+    Flag("--embed-dim", "patchcore.embed_dim"),
+    Flag("--calibration-fraction", "patchcore.calibration_fraction"),
+    Flag("--seed", "patchcore.seed"),
+    Flag("--precision", "patchcore.precision"),
+    Flag("--index-dtype", "patchcore.index_dtype"),
+    Flag("--shard-vectors", "patchcore.shard_vectors"),
+    Flag("--coreset-engine", "patchcore.coreset_engine"),
+    Flag("--merge-max-vectors", "patchcore.merge_max_vectors"),
+    Flag("--images-per-shard", "patchcore.images_per_shard"),
 ]
 
 
-def _run(config: str | None, flags: dict) -> dict:
-    from pipeline.fit import run_fit
+def _run(cfg: FitConfig) -> dict[str, Any]:
+    from pipeline.fit import run_fit  # imports torch: only once the config is known to be valid
 
-    return run_fit(load_config(FitConfig, config, flags))
+    return run_fit(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_config_job(__doc__, FLAGS, argv, _run)
+    return run_config_job("python -m jobs.fit", __doc__, FitConfig, FLAGS, argv, _run)
 
 
 if __name__ == "__main__":

@@ -3,39 +3,42 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-from jobs.cli import run_config_job
-from pipeline.config import ScoreConfig, load_config
+from jobs.cli import Flag, run_config_job
+from pipeline.config import ScoreConfig
 
 FLAGS = [
-    ("--frame-stride", "video.frame_stride", int),
-    ("--fps", "video.fps", float),
-    ("--input", "input", str),
-    ("--bank", "bank", str),
-    ("--bank-version", "bank_version", str),
-    ("--model", "model", str),
-    ("--clip-arch", "clip_arch", str),
-    ("--clip-weights", "clip_weights", str),
-    ("--shots", "shots", int),
-    ("--prompts", "prompts", str),
-    ("--output", "output", str),
-    ("--detector", "detector", str),
-    ("--run-name", "run_name", str),
-    ("--threshold", "threshold", float),
-    ("--heatmaps", "heatmaps", str),
-    ("--images-per-unit", "images_per_unit", int),
-    ("--batch-size", "batch_size", int),
+    Flag("--input", "input", "URI"),
+    Flag("--output", "output", "URI"),
+    Flag("--run-name", "run_name", "NAME"),
+    Flag("--detector", "detector"),
+    Flag("--bank", "bank", "URI"),
+    Flag("--bank-version", "bank_version", "VERSION"),
+    Flag("--model", "model", "URI"),
+    Flag("--clip-arch", "clip_arch", "ARCH"),
+    Flag("--clip-weights", "clip_weights", "WEIGHTS"),
+    Flag("--shots", "shots"),
+    Flag("--prompts", "prompts", "URI"),
+    Flag("--threshold", "threshold"),
+    Flag("--heatmaps", "heatmaps"),
+    Flag("--frame-stride", "video.frame_stride"),
+    Flag("--fps", "video.fps"),
+    Flag("--images-per-unit", "images_per_unit"),
+    Flag("--batch-size", "batch_size"),
+    Flag("--knn-engine", "knn_engine"),
+    Flag("--knn-precision", "knn_precision"),
 ]
 
 
-def _run(config: str | None, flags: dict) -> dict:
-    from pipeline.score import run_score
+def _run(cfg: ScoreConfig) -> dict[str, Any]:
+    from pipeline.score import run_score  # imports torch: only once the config is known to be valid
 
-    return run_score(load_config(ScoreConfig, config, flags))
+    return run_score(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_config_job(__doc__, FLAGS, argv, _run)
+    return run_config_job("python -m jobs.score", __doc__, ScoreConfig, FLAGS, argv, _run)
 
 
 if __name__ == "__main__":

@@ -4,36 +4,42 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
-from jobs.cli import run_config_job
-from pipeline.config import load_config
+from jobs.cli import Flag, run_config_job
+
+if TYPE_CHECKING:
+    from pipeline.train import TrainConfig
 
 FLAGS = [
-    ("--detector", "detector", str),
-    ("--variant", "dmad.variant", str),
-    ("--normal", "normal", str),
-    ("--aux", "aux", str),
-    ("--clip-arch", "clip_arch", str),
-    ("--clip-weights", "clip_weights", str),
-    ("--shots", "inctrl.shots", int),
-    ("--model-out", "model_out", str),
-    ("--steps", "steps", int),
-    ("--batch-size", "batch_size", int),
-    ("--image-size", "dmad.image_size", int),
-    ("--frame-stride", "video.frame_stride", int),
-    ("--fps", "video.fps", float),
-    ("--seed", "seed", int),
+    Flag("--detector", "detector", help="detector to train"),
+    Flag("--variant", "dmad.variant", help="dmad: train on video clips or on still images"),
+    Flag("--normal", "normal", "URI"),
+    Flag("--aux", "aux", "URI"),
+    Flag("--clip-arch", "clip_arch", "ARCH"),
+    Flag("--clip-weights", "clip_weights", "WEIGHTS"),
+    Flag("--shots", "inctrl.shots"),
+    Flag("--model-out", "model_out", "URI", help="where the trained checkpoint is written: path or s3:// URI"),
+    Flag("--steps", "steps", help="optimiser steps"),
+    Flag("--batch-size", "batch_size"),
+    Flag("--image-size", "dmad.image_size"),
+    Flag("--frame-stride", "video.frame_stride"),
+    Flag("--fps", "video.fps"),
+    Flag("--seed", "seed", help="random seed: dmad initial weights, and the training batches"),
 ]
 
 
-def _run(config: str | None, flags: dict) -> dict:
-    from pipeline.train import TrainConfig, run_train
+def _run(cfg: TrainConfig) -> dict[str, Any]:
+    from pipeline.train import run_train
 
-    return run_train(load_config(TrainConfig, config, flags))
+    return run_train(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_config_job(__doc__, FLAGS, argv, _run)
+    # TrainConfig is defined beside the training code, so even --help imports torch here
+    from pipeline.train import TrainConfig
+
+    return run_config_job("python -m jobs.train", __doc__, TrainConfig, FLAGS, argv, _run)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ knows which line of the YAML file or which flag to fix.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,20 +25,26 @@ class _Strict(BaseModel):
 class StorageSettings(_Strict):
     """How ``s3://`` URIs are reached. Credentials fall back to the usual AWS environment."""
 
-    endpoint_url: str | None = None
-    key: str | None = None
-    secret: str | None = None
-    region: str | None = None
-    connect_timeout_s: float = Field(5.0, gt=0)
-    max_attempts: int = Field(3, ge=1, le=20)
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint for s3:// URIs (MinIO, Ceph, ...); unset: AWS S3")
+    key: str | None = Field(None, description="S3 access key id; unset: the AWS environment or credentials file")
+    secret: str | None = Field(None, description="S3 secret access key; unset: the AWS environment or credentials file")
+    region: str | None = Field(None, description="S3 region; unset: the AWS default")
+    connect_timeout_s: float = Field(5.0, gt=0, description="seconds to wait for a storage connection")
+    max_attempts: int = Field(3, ge=1, le=20, description="tries of one storage request before it fails")
 
 
 class RuntimeSettings(_Strict):
-    ray_address: str | None = None  # None: RAY_ADDRESS if set, else a local Ray runtime
-    workers: int = Field(2, ge=1, le=4096)
-    num_cpus_per_worker: float = Field(1.0, gt=0)
-    num_gpus_per_worker: float = Field(0.0, ge=0)
-    max_restarts: int = Field(2, ge=0, le=100)
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join ('auto', 'ray://HOST:10001'); unset: RAY_ADDRESS if set, "
+                          "else a local Ray runtime")
+    workers: int = Field(2, ge=1, le=4096, description="Ray workers (actors), each loading the model once")
+    num_cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves for each worker")
+    num_gpus_per_worker: float = Field(
+        0.0, ge=0, description="GPUs Ray reserves for each worker (a fraction shares a GPU); 0: run on CPU")
+    max_restarts: int = Field(
+        2, ge=0, le=100, description="times Ray restarts a worker that dies and retries its work unit, "
+                                     "before the unit fails")
     placement_timeout_s: float = Field(
         300.0, gt=0, description="cluster: how long to wait for workers Ray cannot place yet; the job goes on with "
                                  "those that started, or fails naming the missing resources if none did")
@@ -46,43 +53,59 @@ class RuntimeSettings(_Strict):
 
 
 class TrackingSettings(_Strict):
-    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or MLflow's local default
-    experiment: str = Field("anomaly-detection", min_length=1)
-    enabled: bool = True
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking server or store; unset: MLFLOW_TRACKING_URI or MLflow's local default")
+    experiment: str = Field("anomaly-detection", min_length=1, description="MLflow experiment the run is logged to")
+    enabled: bool = Field(True, description="log parameters, metrics and artifacts to MLflow")
 
 
 class DecodeSettings(_Strict):
     max_pixels: int = Field(40_000_000, ge=1, description="larger images are refused (decompression bombs)")
-    max_file_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    max_file_bytes: int = Field(256 * 1024 * 1024, ge=1, description="larger input files are refused unread")
 
 
 class VideoSettings(_Strict):
     frame_stride: int = Field(1, ge=1, description="keep one frame in every N")
     fps: float | None = Field(None, gt=0, description="sample at about this rate instead of a stride")
     frames_per_unit: int = Field(1500, ge=1, description="a long video is split into units of this many frames")
-    heatmaps: Literal["all", "anomalous", "none"] = "anomalous"
+    heatmaps: Literal["all", "anomalous", "none"] = Field("anomalous", description="video frames that get a heatmap")
     smoothing_window: int = Field(9, ge=1, description="frames in the moving average for segments")
 
 
 class PatchCoreSettings(_Strict):
-    backbone: Literal["resnet18", "resnet50", "wide_resnet50_2"] = "resnet18"
-    weights: str = Field("none", min_length=1, description="path, s3:// URI, 'torchvision', or 'none'")
-    seed: int = 0
-    layers: list[Literal["layer1", "layer2", "layer3"]] = ["layer2", "layer3"]
-    image_size: int = Field(256, ge=32, le=2048)
-    pretrain_embed_dim: int = Field(1024, ge=8)
-    embed_dim: int = Field(384, ge=8)
-    coreset_ratio: float = Field(0.1, gt=0, le=1)
+    backbone: Literal["resnet18", "resnet50", "wide_resnet50_2"] = Field(
+        "resnet18", description="CNN whose intermediate features describe the patches")
+    weights: str = Field("none", min_length=1,
+                         description="backbone weights: path, s3:// URI, 'torchvision', or 'none' for random init")
+    seed: int = Field(0, description="random init (weights 'none'), projection and coreset sampling")
+    layers: list[Literal["layer1", "layer2", "layer3"]] = Field(
+        ["layer2", "layer3"], description="backbone stages whose features are combined")
+    image_size: int = Field(256, ge=32, le=2048, description="images are resized to this square size, in pixels")
+    pretrain_embed_dim: int = Field(1024, ge=8, description="each layer's patch features are pooled to this size")
+    embed_dim: int = Field(384, ge=8, description="length of one patch vector in the memory bank")
+    coreset_ratio: float = Field(
+        0.1, gt=0, le=1, description="fraction of the patch vectors kept in the memory bank (greedy coreset)")
     coreset_projection_dim: int = Field(128, ge=0, description="0 = greedy on the full features")
     local_oversample: float = Field(4.0, ge=1, description="round-1 budget per shard, as a multiple")
-    num_neighbors: int = Field(9, ge=1)
-    reweight: bool = False
-    sigma: float = Field(4.0, ge=0)
-    calibration_fraction: float = Field(0.1, ge=0, lt=1)
-    batch_size: int = Field(8, ge=1, le=1024)
+    coreset_engine: Literal["auto", "torch", "numpy"] = Field(
+        "auto", description="greedy k-center: torch (on the worker's device) or the pruned numpy loop; "
+                            "auto = torch on a GPU, numpy on CPU")
+    coreset_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="torch greedy k-center: how the projected features are stored (float16 halves "
+                               "memory traffic; the selection can then differ by rounding)")
+    merge_max_vectors: int = Field(
+        2_000_000, ge=2, description="most vectors one coreset merge step reduces; a larger union of shard "
+                                     "coresets is merged in rounds (a merge tree)")
+    num_neighbors: int = Field(9, ge=1, description="bank neighbours used to reweight an image score")
+    reweight: bool = Field(False, description="reweight image scores by the density around the nearest patch")
+    sigma: float = Field(4.0, ge=0, description="Gaussian smoothing of the anomaly map, in pixels")
+    calibration_fraction: float = Field(
+        0.1, ge=0, lt=1, description="fraction of the normal images held out to calibrate the decision threshold; "
+                                     "0: no threshold")
+    batch_size: int = Field(8, ge=1, le=1024, description="images per backbone forward pass")
     precision: Literal["float32", "bfloat16"] = Field(
         "float32", description="backbone arithmetic; bfloat16 is faster on CPUs with AVX512-BF16/AMX and on GPUs")
-    images_per_shard: int = Field(512, ge=1)
+    images_per_shard: int = Field(512, ge=1, description="normal images per fit work unit, or shard")
     index_dtype: Literal["float32", "float16"] = Field("float32", description="float16 halves bank memory")
     shard_vectors: int = Field(1_000_000, ge=1, description="most vectors in one index shard file")
 
@@ -105,29 +128,44 @@ class JobConfig(_Strict):
 
 
 class FitConfig(JobConfig):
-    normal: str = Field(min_length=1)
-    bank: str = Field(min_length=1)
+    normal: str = Field(min_length=1, description="normal (defect-free) images or videos: folder, file or s3:// URI")
+    bank: str = Field(min_length=1, description="memory bank root; each fit writes a new version vNNNN under it")
     update_from: str | None = Field(None, description="bank version to extend with 'normal' ('latest' or vNNNN)")
     patchcore: PatchCoreSettings = PatchCoreSettings()
 
 
 class ScoreConfig(JobConfig):
-    input: str = Field(min_length=1)
-    bank: str | None = Field(None, min_length=1, description="PatchCore memory bank root")
-    bank_version: str | None = None
-    model: str | None = Field(None, min_length=1, description="checkpoint from jobs.train (dmad, anomalyclip, inctrl)")
+    input: str = Field(min_length=1, description="images, videos or tar archives to score: folder, file or s3:// URI")
+    bank: str | None = Field(None, min_length=1,
+                             description="PatchCore memory bank root, from jobs.fit; needed by detector patchcore")
+    bank_version: str | None = Field(None, description="bank version to score with (vNNNN); unset: the latest")
+    model: str | None = Field(None, min_length=1,
+                              description="checkpoint from jobs.train; needed by detectors dmad, anomalyclip, inctrl")
     clip_arch: str | None = Field(None, description="anomalyclip/inctrl: override the checkpoint's CLIP architecture")
     clip_weights: str | None = Field(None, description="anomalyclip/inctrl: CLIP weights (path, s3://, tag, none)")
     shots: int | None = Field(None, ge=1, le=64, description="inctrl: number of normal prompt images")
-    prompts: str | None = Field(None, min_length=1, description="inctrl: normal images to draw prompts from")
-    output: str = Field(min_length=1)
-    detector: Literal["patchcore", "dmad", "anomalyclip", "inctrl"] = "patchcore"
-    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    prompts: str | None = Field(None, min_length=1,
+                                description="normal images to draw prompts from; needed by detector inctrl")
+    output: str = Field(min_length=1, description="results go to OUTPUT/RUN_NAME: scores, heatmaps, summary")
+    detector: Literal["patchcore", "dmad", "anomalyclip", "inctrl"] = Field(
+        "patchcore", description="model that scores: a PatchCore bank, or a checkpoint from jobs.train")
+    run_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="the run's folder under output; re-use a name to resume or retry that run; "
+                    "unset: score-UTCTIME")
     threshold: float | None = Field(None, allow_inf_nan=False,
                                     description="decision threshold; default: the one calibrated at fit time")
-    heatmaps: Literal["all", "anomalous", "none"] = "all"
-    images_per_unit: int = Field(64, ge=1, le=100_000)
-    batch_size: int = Field(8, ge=1, le=1024)
+    heatmaps: Literal["all", "anomalous", "none"] = Field(
+        "all", description="images that get a heatmap (video frames: video.heatmaps)")
+    images_per_unit: int = Field(64, ge=1, le=100_000,
+                                 description="images per work unit, the piece that is retried or resumed")
+    batch_size: int = Field(8, ge=1, le=1024, description="images per model forward pass")
+    knn_engine: Literal["auto", "torch", "faiss"] = Field(
+        "auto", description="patchcore nearest-neighbour search: torch (on the worker's device, features never "
+                            "leave it) or faiss; auto = torch on a GPU, faiss on CPU")
+    knn_precision: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="patchcore torch search: precision of its first pass (an exact float32 re-rank of the "
+                          "best candidates follows); unset = bfloat16 on a GPU, float32 on CPU")
 
     @model_validator(mode="after")
     def _artifact_for_detector(self) -> ScoreConfig:
@@ -140,6 +178,43 @@ class ScoreConfig(JobConfig):
         return self
 
 
+class EvaluateConfig(_Strict):
+    """``jobs.evaluate``: a scored run, its per-frame labels, and how storage and MLflow are reached."""
+
+    output: str = Field(min_length=1, description="the scored run's folder: OUTPUT/RUN_NAME from jobs.score")
+    labels: str = Field(min_length=1,
+                        description="CSV frame_index,label (or source,frame_index,label): path or s3:// URI")
+    storage: StorageSettings = StorageSettings()
+    tracking: TrackingSettings = TrackingSettings()
+
+
+SECRETS = ("storage.key", "storage.secret")
+MAX_QUOTED = 200  # characters of one input value an error message quotes
+MAX_PROBLEMS = 20  # problems listed in one error message
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without anchors and aliases: nested aliases expand exponentially ("billion laughs")."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML anchors and aliases (&name, *name) are not "
+                              "accepted in config files; write the values out")
+        return super().compose_node(parent, index)
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes repeated values out, so :class:`_NoAliasLoader` reads the output back."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _clip(text: str, limit: int = MAX_QUOTED) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
     *parents, leaf = dotted.split(".")
@@ -150,34 +225,71 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
-        lines.append(f"  {where}: {e['msg']}{got}")
-    return "\n".join(lines)
+def _problem(error: Any, flags: Mapping[str, str]) -> str:
+    """One line: the YAML key, its flag if it has one, what is wrong, and the (clipped) value given."""
+    key = ".".join(str(p) for p in error["loc"])
+    if key in flags:
+        key = f"{key} ({flags[key]})"
+    where = f"{_clip(key)}: " if key else ""  # no key: a check across settings
+    if error["type"] == "missing":
+        message = "required"
+    elif error["type"] == "value_error":
+        message = str(error["ctx"]["error"])
+    else:
+        message = error["msg"]
+    given = error.get("input")
+    got = f" (got {_clip(repr(given))})" if "input" in error and not isinstance(given, dict) else ""
+    return f"{where}{_clip(message)}{got}"
 
 
-def load_config(model: type[BaseModel], path: str | Path | None, overrides: dict[str, Any]) -> Any:
-    """Build ``model`` from an optional YAML file, then dotted ``overrides`` (flags) on top."""
-    tree: dict[str, Any] = {}
-    source = "flags"
-    if path is not None:
-        source = f"{path} + flags"
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"--config {path}: cannot read file ({exc.strerror or exc})") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {path}: not valid YAML ({exc})") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"--config {path}: the top level must be a mapping of settings")
-        tree = loaded or {}
+def _format_errors(err: ValidationError, source: str, flags: Mapping[str, str]) -> str:
+    """``invalid configuration (SOURCE): problem`` or, for several, the header and one line per problem."""
+    problems = [_problem(e, flags) for e in err.errors()[:MAX_PROBLEMS]]
+    if err.error_count() > MAX_PROBLEMS:
+        problems.append(f"... and {err.error_count() - MAX_PROBLEMS} more")
+    if len(problems) == 1:
+        return f"invalid configuration ({source}): {problems[0]}"
+    return "\n".join([f"invalid configuration ({source}):", *(f"  {p}" for p in problems)])
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read file ({exc.strerror or exc})") from exc
+    try:
+        loaded = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"--config {path} {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML ({_clip(str(exc), 500)})") from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"--config {path}: the top level must be a mapping of settings")
+    return loaded or {}
+
+
+def load_config(model: type[BaseModel], path: str | Path | None, overrides: dict[str, Any],
+                flags: Mapping[str, str] | None = None) -> Any:
+    """Build ``model`` from an optional YAML file, then dotted ``overrides`` (flags) on top.
+
+    ``flags`` maps a dotted key to its command-line flag, so an error names both.
+    """
+    tree = _read_yaml(path) if path is not None else {}
     for dotted, value in overrides.items():
         if value is not None:
             _set_dotted(tree, dotted, value)
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from exc
+        source = "flags" if path is None else f"{path} + flags"
+        raise ConfigError(_format_errors(exc, source, flags or {})) from exc
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """``cfg`` as YAML that ``--config`` accepts, with the :data:`SECRETS` that are set shown as ``'***'``."""
+    tree = cfg.model_dump(mode="json")
+    for key in SECRETS:
+        section, leaf = key.split(".")
+        if tree.get(section, {}).get(leaf) is not None:
+            tree[section][leaf] = "***"
+    return yaml.dump(tree, Dumper=_NoAliasDumper, sort_keys=False)

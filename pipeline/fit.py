@@ -13,14 +13,18 @@ keeps the measured radius close to single-machine greedy.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import time
 from typing import Any
 
 import numpy as np
+import ray
+import torch
 
-from pipeline.config import FitConfig
+from pipeline.config import ConfigError, FitConfig
 from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder
+from pipeline.errors import RunIncomplete, SetupError
 from pipeline.io.batches import iter_batches
 from pipeline.io.sources import Listing, WorkUnit, list_inputs, plan_units, plan_video_units, stable_hash
 from pipeline.io.storage import Storage, join
@@ -35,12 +39,18 @@ from pipeline.memory_bank.bank import (
     publish_bank,
     resolve_bank_uri,
 )
-from pipeline.memory_bank.coreset import greedy_kcenter, project, random_projection
+from pipeline.memory_bank.coreset import random_projection
 from pipeline.memory_bank.index import ShardedIndex
-from pipeline.runtime import WorkerPool, init_ray, setup_worker_threads
-from pipeline.tracking import flatten, start_run
+from pipeline.memory_bank.knn import build_knn
+from pipeline.memory_bank.merge import merge_tree, reduce_rows, select_coreset
+from pipeline.progress import Progress
+from pipeline.runtime import WorkerPool, fitting_workers, init_ray, setup_worker_threads, start_error_line
+from pipeline.tracking import check_tracking, flatten, start_run
+
+log = logging.getLogger(__name__)
 
 MAX_LOGGED_INDEX_BYTES = 256 * 1024 * 1024
+RELIABLE_CALIBRATION_IMAGES = 20  # below this many held-out images the calibrated threshold is a rough guess
 
 
 def local_budget(n: int, ratio: float, n_shards: int, oversample: float) -> int:
@@ -67,28 +77,28 @@ class FitWorker:
         start = time.perf_counter()
         chunks, errors, n_images, grid = [], [], 0, None
         for batch in iter_batches(self.storage, unit, self.cfg.decode, pc.image_size, pc.batch_size):
-            errors += [(f.source_uri, f.member, f.error) for f in batch.failed]
+            errors += [(f.source_uri, f.member, f.error) for f in batch.failed if f.status == "error"]
             if batch.tensor is None:
                 continue
-            feats, grid = self.embedder(batch.tensor)
-            chunks.append(feats.reshape(-1, feats.shape[-1]).float().cpu().numpy())
+            feats, grid = self.embedder(batch.tensor.to(self.device, non_blocking=True))
+            chunks.append(feats.reshape(-1, feats.shape[-1]))  # stays on the device
             n_images += len(batch.items)
         features_s = time.perf_counter() - start
         if not chunks:
             return {"features": None, "n_images": 0, "n_patches": 0, "errors": errors, "grid": None,
                     "features_s": features_s, "coreset_s": 0.0}
-        features = np.concatenate(chunks)
+        features = torch.cat(chunks)
         del chunks
         start = time.perf_counter()
         budget = local_budget(len(features), pc.coreset_ratio, n_shards, pc.local_oversample)
-        keep = greedy_kcenter(project(features, self.projection), budget, seed=pc.seed)
-        return {"features": features[np.sort(keep)], "n_images": n_images, "n_patches": len(features),
-                "errors": errors, "grid": grid, "features_s": features_s,
+        keep = select_coreset(features, budget, self.projection, pc.seed, pc.coreset_engine, pc.coreset_dtype)
+        return {"features": features[keep].float().cpu().numpy(), "n_images": n_images,
+                "n_patches": len(features), "errors": errors, "grid": grid, "features_s": features_s,
                 "coreset_s": time.perf_counter() - start}
 
     def calibration_scores(self, units: list[WorkUnit], vectors: np.ndarray, meta: BankMetadata) -> list[float]:
         index = ShardedIndex([bank_index.build_index(vectors, meta.index_dtype)])
-        detector = PatchCoreDetector(self.embedder, index, meta, self.device)
+        detector = PatchCoreDetector(self.embedder, build_knn(index, "auto", self.device), meta, self.device)
         scores: list[float] = []
         for unit in units:
             for batch in iter_batches(self.storage, unit, self.cfg.decode, meta.image_size,
@@ -96,6 +106,23 @@ class FitWorker:
                 if batch.tensor is not None:
                     scores += detector.score(batch.tensor).scores.tolist()
         return scores
+
+
+def _merge_runner(cfg: FitConfig):
+    """How merge steps run: as Ray tasks that ask for a GPU when the workers have one (a cluster's
+    driver usually has none) or when a round has several chunks to reduce in parallel; a single
+    CPU step runs here on the driver (no task start-up to pay)."""
+    pc, rt = cfg.patchcore, cfg.runtime
+    args = (pc.embed_dim, pc.coreset_projection_dim, pc.seed, pc.coreset_engine, pc.coreset_dtype)
+
+    def run(jobs: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+        if rt.num_gpus_per_worker == 0 and len(jobs) == 1:
+            return [reduce_rows(x, budget, *args) for x, budget in jobs]
+        task = ray.remote(reduce_rows).options(num_cpus=rt.num_cpus_per_worker,
+                                               num_gpus=1 if rt.num_gpus_per_worker > 0 else 0)
+        return ray.get([task.remote(x, budget, *args) for x, budget in jobs])
+
+    return run
 
 
 def split_calibration(listing: Listing, fraction: float) -> tuple[Listing, list[str]]:
@@ -125,36 +152,67 @@ def _parent(storage: Storage, cfg: FitConfig) -> tuple[FitConfig, BankMetadata |
     return cfg, parent, vectors
 
 
+def _check_weights(storage: Storage, weights: str) -> None:
+    """A weights file that cannot be read or loaded fails here, on the driver, before any worker starts."""
+    if weights in ("none", "torchvision"):
+        if weights == "none":
+            log.warning("patchcore.weights=none: the backbone is randomly initialised, so this bank's scores mean "
+                        "nothing about real anomalies (fine for tests and demos; give a weights file for real use)")
+        return
+    from pipeline.features.backbones import WeightsError, load_state_dict
+
+    try:
+        load_state_dict(storage, weights)
+    except WeightsError as exc:
+        raise SetupError(str(exc)) from exc
+
+
 def run_fit(cfg: FitConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     storage = Storage(cfg.storage)
     storage.check_reachable(cfg.normal, "normal")
     storage.check_reachable(cfg.bank, "bank")
+    tracking_uri = check_tracking(cfg.tracking)
     cfg, parent, parent_vectors = _parent(storage, cfg)
     pc = cfg.patchcore
+    _check_weights(storage, pc.weights)
     listing = list_inputs(storage, cfg.normal)
     if not listing.images and not listing.tars and not listing.videos:
-        raise ValueError(f"normal={cfg.normal}: no images, .tar shards or videos found")
+        raise ConfigError(f"normal={cfg.normal}: no images, .tar shards or videos found")
     train, calibration = split_calibration(listing, pc.calibration_fraction)
     n_buckets = max(math.ceil(len(train.images) / pc.images_per_shard), min(cfg.runtime.workers, len(train.images)))
     units, _ = plan_units(train, pc.images_per_shard, n_buckets=max(1, n_buckets))
     units = [u for u in units if u.files or u.tar] + plan_video_units(storage, listing.videos, cfg.video)
     n_shards = len(units)
 
-    init_ray(cfg.runtime)
-    pool = WorkerPool(FitWorker, (cfg,), cfg.runtime, size=min(cfg.runtime.workers, n_shards))
-    fingerprints = {pool.call(i, "ready") for i in range(len(pool.actors))}
-    weights_fingerprint = fingerprints.pop()
+    local = init_ray(cfg.runtime)
+    pool = WorkerPool(FitWorker, (cfg,), cfg.runtime, size=fitting_workers(cfg.runtime, min(cfg.runtime.workers,
+                                                                                             n_shards), local))
+    try:
+        return _fit_on_pool(cfg, storage, pool, listing, units, calibration, parent, parent_vectors, tracking_uri, t0)
+    finally:
+        pool.shutdown()
+
+
+def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Listing, units: list[WorkUnit],
+                 calibration: list[str], parent: BankMetadata | None, parent_vectors: np.ndarray | None,
+                 tracking_uri: str | None, t0: float) -> dict[str, Any]:
+    pc = cfg.patchcore
+    n_shards = len(units)
+    weights_fingerprint = pool.wait_ready()[0]
     if parent is not None and weights_fingerprint != parent.weights_fingerprint:
-        raise ValueError(f"update_from={parent.version}: backbone weights {pc.weights} changed since that bank "
-                         f"({weights_fingerprint} vs {parent.weights_fingerprint}); fit a new bank instead")
+        raise ConfigError(f"update_from={parent.version}: backbone weights {pc.weights} changed since that bank "
+                          f"({weights_fingerprint} vs {parent.weights_fingerprint}); fit a new bank instead")
     startup_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
     coresets, errors, n_images, n_patches, grid, worker_s = [], [], 0, 0, None, []
-    for unit, result, exc in pool.map("extract_and_reduce", units, "fit shards", extra=lambda _u: (n_shards,)):
+    progress = Progress("fit shards", n_shards, "images")
+    for unit, result, exc in pool.map("extract_and_reduce", units, extra=lambda _u: (n_shards,)):
         if exc is not None:
-            raise RuntimeError(f"fit shard {unit.unit_id} failed: {exc}") from exc
+            raise RunIncomplete(f"fit shard {unit.unit_id} failed ({start_error_line(exc)}); no bank was "
+                                f"published: fix the cause and run the fit again") from exc
+        progress.update(result["n_images"], len(result["errors"]))
         errors += result["errors"]
         worker_s.append((result["features_s"], result["coreset_s"]))
         if result["features"] is not None:
@@ -162,18 +220,17 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
             n_images += result["n_images"]
             n_patches += result["n_patches"]
             grid = result["grid"]
+    progress.finish()
     if not coresets:
-        raise ValueError(f"normal={cfg.normal}: none of the {len(errors)} inputs could be decoded")
+        raise ConfigError(f"normal={cfg.normal}: none of the {len(errors)} inputs could be decoded")
     round1_s = time.perf_counter() - t1
 
     t2 = time.perf_counter()
     total_patches = n_patches + (parent.n_patches if parent else 0)
-    union = np.concatenate(([parent_vectors] if parent is not None else []) + coresets)
+    parts = ([parent_vectors] if parent is not None else []) + coresets
     del coresets
-    k = min(len(union), math.ceil(pc.coreset_ratio * total_patches))
-    if len(union) > k:
-        projection = random_projection(pc.embed_dim, pc.coreset_projection_dim, pc.seed)
-        union = union[np.sort(greedy_kcenter(project(union, projection), k, seed=pc.seed))]
+    k = min(sum(len(p) for p in parts), math.ceil(pc.coreset_ratio * total_patches))
+    union, merge_rounds = merge_tree(parts, k, pc.merge_max_vectors, pc.local_oversample, _merge_runner(cfg))
     merge_s = time.perf_counter() - t2
 
     lineage = (parent.lineage if parent else []) + [LineageEntry(
@@ -195,13 +252,16 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     t3 = time.perf_counter()
     if calibration:
         cal_units, _ = plan_units(Listing(calibration, [], []), len(calibration))
-        cal_scores = np.array(pool.call(0, "calibration_scores", cal_units, union, meta))
+        cal_scores = np.array(pool.call_any("calibration_scores", cal_units, union, meta))
+        if 0 < len(cal_scores) < RELIABLE_CALIBRATION_IMAGES:
+            log.warning("the threshold is calibrated on %d held-out normal images; below %d it is unreliable: "
+                        "add normal images, raise patchcore.calibration_fraction, or score with --threshold",
+                        len(cal_scores), RELIABLE_CALIBRATION_IMAGES)
         if len(cal_scores):
             meta.threshold = float(cal_scores.max())
             meta.calibration = {"n": float(len(cal_scores)), "mean": float(cal_scores.mean()),
                                 "std": float(cal_scores.std()), "max": float(cal_scores.max())}
     calibration_s = time.perf_counter() - t3
-    pool.shutdown()
 
     t4 = time.perf_counter()
     meta = publish_bank(storage, cfg.bank, union, meta, pc.shard_vectors)
@@ -213,6 +273,7 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
         "n_bank": meta.n_bank, "n_index_shards": len(meta.shards), "n_feature_shards": n_shards,
         "threshold": meta.threshold,
         "errors": [{"source_uri": s, "member": m, "error": e} for s, m, e in errors],
+        "coreset_merge_rounds": merge_rounds,
         "seconds": {"startup": startup_s, "features_and_local_coreset": round1_s, "coreset_merge": merge_s,
                     "calibration": calibration_s, "index_and_publish": publish_s,
                     "fit": round1_s + merge_s + calibration_s + publish_s,
@@ -220,19 +281,26 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
                     "worker_coreset_sum": sum(c for _, c in worker_s),
                     "total": time.perf_counter() - t0},
     }
-    with start_run(cfg.tracking, f"fit-{meta.version}", "fit") as run:
-        run.params(flatten(cfg.model_dump()) | {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint,
-                                               "bank.parent": meta.parent})
-        run.tags({"bank_uri": cfg.bank, "bank_version": meta.version, "bank_parent": meta.parent or "",
-                  "normal_uri": cfg.normal})
-        run.metrics({"n_train_images": n_images, "n_errors": len(errors), "n_patches": n_patches,
-                     "n_bank": meta.n_bank} | {f"seconds_{k}": v for k, v in summary["seconds"].items()})
-        run.json_artifact("bank.json", meta.model_dump())
-        run.json_artifact("lineage.json", [e.model_dump() for e in meta.lineage])
-        run.json_artifact("fit_summary.json", summary)
-        bank_uri = join(cfg.bank, meta.version)
-        if sum(s.n_vectors for s in meta.shards) * meta.embed_dim * 4 <= MAX_LOGGED_INDEX_BYTES:
-            for shard in meta.shards:
-                run.file_artifact(shard.file, storage.read_bytes(join(bank_uri, shard.file)), folder="bank")
-        summary["mlflow_run_id"] = run.run_id
+    try:
+        with start_run(cfg.tracking, f"fit-{meta.version}", "fit") as run:
+            run.params(flatten(cfg.model_dump()) | {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint,
+                                                   "bank.parent": meta.parent})
+            run.tags({"bank_uri": cfg.bank, "bank_version": meta.version, "bank_parent": meta.parent or "",
+                      "normal_uri": cfg.normal})
+            run.metrics({"n_train_images": n_images, "n_errors": len(errors), "n_patches": n_patches,
+                         "n_bank": meta.n_bank} | {f"seconds_{k}": v for k, v in summary["seconds"].items()})
+            run.json_artifact("bank.json", meta.model_dump())
+            run.json_artifact("lineage.json", [e.model_dump() for e in meta.lineage])
+            run.json_artifact("fit_summary.json", summary)
+            bank_uri = join(cfg.bank, meta.version)
+            if sum(s.n_vectors for s in meta.shards) * meta.embed_dim * 4 <= MAX_LOGGED_INDEX_BYTES:
+                for shard in meta.shards:
+                    run.file_artifact(shard.file, storage.read_bytes(join(bank_uri, shard.file)), folder="bank")
+            summary["mlflow_run_id"] = run.run_id
+        if tracking_uri:
+            log.info("MLflow run %s at %s", summary["mlflow_run_id"], tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - the bank is published; tracking must not undo that
+        summary["tracking_error"] = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        log.error("MLflow logging failed (%s): %s; bank %s is published", tracking_uri, summary["tracking_error"],
+                  meta.version)
     return summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,18 +25,30 @@ from pipeline.detectors.base import Detector
 from pipeline.detectors.checkpoints import checkpoint_version
 from pipeline.detectors.dmad import DMADDetector, video_frame_scores
 from pipeline.detectors.patchcore import PatchCoreDetector
+from pipeline.errors import RunIncomplete
 from pipeline.features.preprocess import to_input_tensor
-from pipeline.io import sinks
+from pipeline.io import heatmaps, sinks
 from pipeline.io.batches import Decoded, Failed, iter_batches
 from pipeline.io.decode import decode_image
-from pipeline.io.sources import WorkUnit, is_image, iter_unit_items, list_inputs, plan_units, plan_video_units
-from pipeline.io.storage import Storage, join
+from pipeline.io.sources import (
+    Listing,
+    WorkUnit,
+    is_image,
+    iter_unit_items,
+    list_inputs,
+    plan_units,
+    plan_video_units,
+)
+from pipeline.io.storage import Storage, StorageError, join
 from pipeline.memory_bank.bank import load_metadata, resolve_bank_uri
-from pipeline.runtime import WorkerPool, init_ray, setup_worker_threads
-from pipeline.tracking import flatten, start_run
+from pipeline.progress import Progress
+from pipeline.runtime import WorkerPool, fitting_workers, init_ray, setup_worker_threads, start_error_line
+from pipeline.tracking import check_tracking, flatten, start_run
 from pipeline.video_summary import read_rows, summarize_videos
 
-COUNT_KEYS = ("n_rows", "n_ok", "n_errors", "n_anomalous", "n_heatmaps", "latency_ms_sum")
+log = logging.getLogger(__name__)
+
+COUNT_KEYS = ("n_rows", "n_ok", "n_errors", "n_skipped", "n_anomalous", "n_heatmaps", "latency_ms_sum")
 
 
 def _row(run_id: str, unit: WorkUnit, detector: str, version: str, **values: Any) -> dict[str, Any]:
@@ -60,7 +73,8 @@ def resolve_model(storage: Storage, cfg: ScoreConfig) -> ModelRef:
         uri = resolve_bank_uri(storage, cfg.bank, cfg.bank_version)
         meta = load_metadata(storage, uri)
         return ModelRef(uri, f"{meta.version}:{meta.fingerprint[:19]}", meta.threshold,
-                        {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint},
+                        {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint,
+                         "bank.weights": meta.weights},
                         meta.model_dump_json(indent=2).encode())
     storage.check_reachable(cfg.model, "model")
     data = storage.read_bytes(cfg.model)
@@ -83,7 +97,8 @@ def inctrl_prompts(cfg: ScoreConfig, storage: Storage, checkpoint: bytes) -> tor
 
 def load_detector(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> Detector:
     if cfg.detector == "patchcore":
-        return PatchCoreDetector.load(storage, model.uri, device=device)
+        return PatchCoreDetector.load(storage, model.uri, device=device, engine=cfg.knn_engine,
+                                      precision=cfg.knn_precision)
     if cfg.detector == "dmad":
         return DMADDetector.load(storage, model.uri, device=device)
     if cfg.detector == "anomalyclip":
@@ -117,7 +132,7 @@ class ScoreWorker:
             return self._finish(unit, rows)
         rows: list[dict[str, Any]] = []
         for batch in iter_batches(self.storage, unit, cfg.decode, det.image_size, cfg.batch_size):
-            rows += [self._error_row(unit, f, f.error) for f in batch.failed]
+            rows += [self._error_row(unit, f) for f in batch.failed]
             if batch.tensor is None:
                 continue
             start = time.perf_counter()
@@ -137,13 +152,13 @@ class ScoreWorker:
         policy = cfg.video.heatmaps if unit.video else cfg.heatmaps
         if amap is not None and (policy == "all" or (policy == "anomalous" and anomalous)):
             heatmap_uri = join(cfg.output, self.run_id, "heatmaps", unit.unit_id,
-                               sinks.heatmap_key(item.source_uri, item.member, item.frame_index) + ".png")
+                               sinks.heatmap_key(item.source_uri, item.member_index, item.frame_index) + ".png")
             scale = self.threshold or float(amap.max())
-            self.storage.write_bytes(heatmap_uri, sinks.overlay_png(item.rgb, amap, scale))
+            self.storage.write_bytes(heatmap_uri, heatmaps.overlay_png(item.rgb, amap, scale))
         return _row(self.run_id, unit, det.name, det.version, source_uri=item.source_uri, member=item.member,
-                    frame_index=item.frame_index, timestamp_s=item.timestamp_s, width=item.rgb.shape[1],
-                    height=item.rgb.shape[0], score=score, is_anomaly=anomalous, threshold=self.threshold,
-                    heatmap_uri=heatmap_uri, status="ok", latency_ms=latency)
+                    member_index=item.member_index, frame_index=item.frame_index, timestamp_s=item.timestamp_s,
+                    width=item.rgb.shape[1], height=item.rgb.shape[0], score=score, is_anomaly=anomalous,
+                    threshold=self.threshold, heatmap_uri=heatmap_uri, status="ok", latency_ms=latency)
 
     def _score_clip_unit(self, unit: WorkUnit) -> list[dict[str, Any]]:
         """Sequence detectors (DMAD video) see the unit's frames as one clip, with the frames just
@@ -151,8 +166,9 @@ class ScoreWorker:
         det, cfg = self.detector, self.cfg
         context = det.settings.in_frames
         if unit.video is None:
-            return [self._error_row(unit, f, "the video variant of DMAD scores videos only; train --variant image "
-                                             "for images") for f in self._failed_inputs(unit)]
+            reason = "the video variant of DMAD scores videos only; train --variant image for images"
+            return [self._error_row(unit, Failed(s, m, reason, member_index=i))
+                    for s, m, i in unit_input_keys(self.storage, self.cfg, unit)]
         lead = max(0, unit.frame_start - context * unit.frame_stride)
         span = WorkUnit(unit.unit_id, video=unit.video, frame_start=lead, frame_end=unit.frame_end,
                         frame_stride=unit.frame_stride)
@@ -161,7 +177,7 @@ class ScoreWorker:
             failed += batch.failed
             if batch.tensor is not None:
                 items += list(zip(batch.items, batch.tensor, strict=True))
-        rows = [self._error_row(unit, f, f.error) for f in failed]
+        rows = [self._error_row(unit, f) for f in failed]
         if not items:
             return rows
         start = time.perf_counter()
@@ -182,13 +198,12 @@ class ScoreWorker:
                                      item.decode_ms + per_frame_ms))
         return rows
 
-    def _failed_inputs(self, unit: WorkUnit) -> list[Failed]:
-        return [Failed(s, m, "") for s, m in unit_input_keys(self.storage, self.cfg, unit)]
-
-    def _error_row(self, unit: WorkUnit, failed: Failed, error: str) -> dict[str, Any]:
+    def _error_row(self, unit: WorkUnit, failed: Failed) -> dict[str, Any]:
+        """A row for an input that was not scored: ``status`` "error" (bad input) or "skipped"."""
         det = self.detector
         return _row(self.run_id, unit, det.name, det.version, source_uri=failed.source_uri, member=failed.member,
-                    frame_index=failed.frame_index, status="error", error=error, threshold=self.threshold)
+                    member_index=failed.member_index, frame_index=failed.frame_index, status=failed.status,
+                    error=failed.error, threshold=self.threshold)
 
     def _finish(self, unit: WorkUnit, rows: list[dict[str, Any]]) -> dict[str, Any]:
         cfg = self.cfg
@@ -196,6 +211,7 @@ class ScoreWorker:
         counts["n_rows"] = len(rows)
         counts["n_ok"] = sum(r["status"] == "ok" for r in rows)
         counts["n_errors"] = sum(r["status"] == "error" for r in rows)
+        counts["n_skipped"] = sum(r["status"] == "skipped" for r in rows)
         counts["n_anomalous"] = sum(bool(r.get("is_anomaly")) for r in rows)
         counts["n_heatmaps"] = sum(bool(r.get("heatmap_uri")) for r in rows)
         counts["latency_ms_sum"] = sum(r.get("latency_ms") or 0.0 for r in rows)
@@ -205,21 +221,33 @@ class ScoreWorker:
         return counts
 
 
-def unit_input_keys(storage: Storage, cfg: ScoreConfig, unit: WorkUnit) -> list[tuple[str, str | None]]:
+def unit_input_keys(storage: Storage, cfg: ScoreConfig, unit: WorkUnit) -> list[tuple[str, str | None, int | None]]:
+    """``(source_uri, member, member_index)`` of every input of ``unit``, without decoding any.
+    A tar that cannot be read right now is represented by one key for the whole shard."""
     if unit.video:
-        return [(unit.video, None)]
-    return [(u, None) for u in unit.files] or [(i.source_uri, i.member) for i in
-                                               iter_unit_items(storage, unit, cfg.decode)]
+        return [(unit.video, None, None)]
+    if unit.files:
+        return [(u, None, None) for u in unit.files]
+    try:
+        return [(i.source_uri, i.member, i.member_index) for i in iter_unit_items(storage, unit, cfg.decode)]
+    except StorageError:
+        return [(unit.tar, None, None)]
 
 
 def _failed_unit_rows(storage: Storage, cfg: ScoreConfig, run_id: str, unit: WorkUnit, version: str,
                       reason: str) -> dict[str, Any]:
-    """A unit whose worker kept dying: every input still gets a row (no marker, so a re-run retries)."""
-    keys = unit_input_keys(storage, cfg, unit)
-    rows = [_row(run_id, unit, cfg.detector, version, source_uri=s, member=m, status="error",
-                 error=f"worker failed: {reason}") for s, m in keys]
-    sinks.write_part(storage, sinks.part_uri(cfg.output, run_id, unit.unit_id), rows)
-    return dict.fromkeys(COUNT_KEYS, 0) | {"n_rows": len(rows), "n_errors": len(rows)}
+    """A unit whose worker failed for good: every input still gets a row, and no marker, so a re-run
+    retries it. If storage itself is down the part cannot be written either; the unit then simply
+    has no part (and still no marker), and the re-run fills it."""
+    rows = [_row(run_id, unit, cfg.detector, version, source_uri=s, member=m, member_index=i, status="error",
+                 error=f"unit failed: {reason}") for s, m, i in unit_input_keys(storage, cfg, unit)]
+    counts = dict.fromkeys(COUNT_KEYS, 0) | {"n_rows": len(rows), "n_errors": len(rows)}
+    try:
+        sinks.write_part(storage, sinks.part_uri(cfg.output, run_id, unit.unit_id), rows)
+    except StorageError as exc:
+        log.warning("unit %s: could not write its error rows either (%s); a re-run retries it", unit.unit_id, exc)
+        return dict.fromkeys(COUNT_KEYS, 0)
+    return counts
 
 
 def _open_manifest(storage: Storage, cfg: ScoreConfig, run_id: str, model_uri: str) -> int | None:
@@ -235,19 +263,66 @@ def _open_manifest(storage: Storage, cfg: ScoreConfig, run_id: str, model_uri: s
     return int(earlier["n_buckets"])
 
 
+def _read_json(storage: Storage, uri: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
+    except (StorageError, ValueError):
+        return None
+
+
+def _warn_about_model(model: ModelRef, cfg: ScoreConfig) -> None:
+    if model.params.get("bank.weights") == "none":
+        log.warning("the bank %s was fitted on a randomly initialised backbone (patchcore.weights=none): "
+                    "its scores mean nothing about real anomalies", model.uri)
+
+
+def _score_units(cfg: ScoreConfig, storage: Storage, run_id: str, model: ModelRef, todo: list[WorkUnit],
+                 totals: dict[str, float], local: bool) -> tuple[list[str], float, float]:
+    """Run ``todo`` on the worker pool; add their counts to ``totals``. Returns the failed unit ids,
+    start-up and scoring seconds."""
+    t0 = time.perf_counter()
+    size = fitting_workers(cfg.runtime, min(cfg.runtime.workers, len(todo)), local)
+    pool = WorkerPool(ScoreWorker, (cfg, run_id, model), cfg.runtime, size=size)
+    failed: list[str] = []
+    try:
+        pool.wait_ready()
+        startup_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        progress = Progress(f"score {run_id}", len(todo), "inputs")
+        for unit, counts, exc in pool.map("score_unit", todo):
+            if exc is not None:
+                reason = start_error_line(exc) if not isinstance(exc, TimeoutError) else str(exc)
+                log.warning("unit %s failed: %s", unit.unit_id, reason)
+                failed.append(unit.unit_id)
+                counts = _failed_unit_rows(storage, cfg, run_id, unit, model.version, reason)
+            for key in COUNT_KEYS:
+                totals[key] += counts[key]
+            progress.update(counts["n_rows"], counts["n_errors"])
+        progress.finish()
+        return failed, startup_s, time.perf_counter() - t1
+    finally:
+        pool.shutdown()
+
+
 def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     storage = Storage(cfg.storage)
     storage.check_reachable(cfg.input, "input")
     storage.check_reachable(cfg.output, "output")
+    tracking_uri = check_tracking(cfg.tracking)
     model = resolve_model(storage, cfg)
+    _warn_about_model(model, cfg)
     run_id = cfg.run_name or "score-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_uri = join(cfg.output, run_id)
+    log.info("run %s: input %s, output %s", run_id, cfg.input, run_uri)
 
     listing = list_inputs(storage, cfg.input)
+    if not (listing.images or listing.tars or listing.videos or listing.skipped):
+        raise ConfigError(f"input={cfg.input}: no files found (nothing to score)")
     n_buckets = _open_manifest(storage, cfg, run_id, model.uri)
     units, n_buckets = plan_units(listing, cfg.images_per_unit, n_buckets)
     units += plan_video_units(storage, listing.videos, cfg.video)
-    storage.write_bytes(join(cfg.output, run_id, "run.json"), json.dumps({
+    storage.write_bytes(join(run_uri, "run.json"), json.dumps({
         "run_id": run_id, "input": cfg.input, "model_uri": model.uri, "detector": cfg.detector,
         "n_buckets": n_buckets, "config": cfg.model_dump(exclude={"storage": {"key", "secret"}}),
     }, indent=2, default=str).encode())
@@ -258,62 +333,90 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
         if marker and marker.get("fingerprint") == unit.fingerprint():
             done[unit.unit_id] = marker["counts"]
     todo = [u for u in units if u.unit_id not in done]
+    log.info("%d work units: %d to score, %d complete from an earlier attempt", len(units), len(todo), len(done))
 
     listing_s = time.perf_counter() - t0
     totals = dict.fromkeys(COUNT_KEYS, 0)
     failed_units: list[str] = []
     scoring_s = startup_s = 0.0
     if todo:
-        init_ray(cfg.runtime)
-        pool = WorkerPool(ScoreWorker, (cfg, run_id, model), cfg.runtime, size=min(cfg.runtime.workers, len(todo)))
-        for i in range(len(pool.actors)):
-            pool.call(i, "ready")
-        startup_s = time.perf_counter() - t0 - listing_s
-        t1 = time.perf_counter()
-        for unit, counts, exc in pool.map("score_unit", todo, f"score {run_id}"):
-            if exc is not None:
-                failed_units.append(unit.unit_id)
-                counts = _failed_unit_rows(storage, cfg, run_id, unit, model.version,
-                                           f"{type(exc).__name__}: {exc}"[:500])
-            for key in COUNT_KEYS:
-                totals[key] += counts[key]
-        scoring_s = time.perf_counter() - t1
-        pool.shutdown()
+        local = init_ray(cfg.runtime)
+        failed_units, startup_s, scoring_s = _score_units(cfg, storage, run_id, model, todo, totals, local)
     scored_now = dict(totals)
     for counts in done.values():
         for key in COUNT_KEYS:
             totals[key] += counts[key]
 
+    earlier = _read_json(storage, join(run_uri, "summary.json"))
     summary = {
-        "run_id": run_id, "output": join(cfg.output, run_id), "input": cfg.input, "detector": cfg.detector,
+        "run_id": run_id, "output": run_uri, "input": cfg.input, "detector": cfg.detector,
         "model_uri": model.uri, "model_version": model.version,
         **{k.replace(".", "_"): v for k, v in model.params.items()},
         "threshold": cfg.threshold if cfg.threshold is not None else model.threshold,
-        "n_units": len(units), "n_units_skipped_as_complete": len(done), "failed_units": failed_units,
+        "n_units": len(units), "n_units_scored": len(todo), "n_units_skipped_as_complete": len(done),
+        "failed_units": failed_units,
         "n_inputs": totals["n_rows"], "n_ok": totals["n_ok"], "n_errors": totals["n_errors"],
-        "n_anomalous": totals["n_anomalous"], "n_heatmaps": totals["n_heatmaps"],
-        "n_skipped_files": len(listing.skipped),
+        "n_skipped": totals["n_skipped"], "n_anomalous": totals["n_anomalous"], "n_heatmaps": totals["n_heatmaps"],
         "images_per_s": scored_now["n_rows"] / scoring_s if scoring_s > 0 else 0.0,
         "seconds": {"listing": listing_s, "startup": startup_s, "scoring": scoring_s,
                     "total": time.perf_counter() - t0},
+        "attempts": (earlier or {}).get("attempts", 0) + 1,
     }
-    videos: list[dict[str, Any]] = []
-    if listing.videos:
-        threshold = summary["threshold"]
-        videos = summarize_videos(read_rows(storage, summary["output"]), threshold, cfg.video.smoothing_window)
-        storage.write_bytes(join(cfg.output, run_id, "videos.json"), json.dumps(videos, indent=2).encode())
-        summary["n_videos"] = len(listing.videos)
-        summary["n_anomalous_segments"] = sum(len(v["segments"]) for v in videos)
-    storage.write_bytes(join(cfg.output, run_id, "summary.json"), json.dumps(summary, indent=2).encode())
-    with start_run(cfg.tracking, run_id, "score") as run:
-        run.params(flatten(cfg.model_dump()) | model.params | {"run_id": run_id})
-        run.tags({"model_uri": model.uri, "output": summary["output"]})
-        run.metrics({"inputs": summary["n_inputs"], "ok": summary["n_ok"], "errors": summary["n_errors"],
-                     "anomalous": summary["n_anomalous"], "images_per_s": summary["images_per_s"],
-                     "wall_time_s": summary["seconds"]["total"], "scoring_s": scoring_s, "startup_s": startup_s})
-        run.json_artifact("summary.json", summary)
-        if videos:
-            run.json_artifact("videos.json", videos)
-        run.file_artifact("bank.json" if cfg.detector == "patchcore" else "model.json", model.metadata)
-        summary["mlflow_run_id"] = run.run_id
+    if not todo and earlier:  # nothing scored now: the figures of the attempt that did the work stand
+        summary["images_per_s"], summary["seconds"] = earlier.get("images_per_s", 0.0), earlier.get("seconds", {})
+    try:
+        videos = _write_video_summary(storage, cfg, listing, summary)
+        storage.write_bytes(join(run_uri, "summary.json"), json.dumps(summary, indent=2).encode())
+    except StorageError as exc:
+        raise RunIncomplete(f"run {run_id}: rows of {len(units) - len(failed_units)} units are written but the "
+                            f"summary could not be ({exc}); re-run with --run-name {run_id} to finish") from exc
+    _track(cfg, storage, model, summary, videos, tracking_uri, scored_anything=bool(todo))
     return summary
+
+
+def _write_video_summary(storage: Storage, cfg: ScoreConfig, listing: Listing, summary: dict[str, Any]
+                         ) -> list[dict[str, Any]]:
+    if not listing.videos:
+        return []
+    videos = summarize_videos(read_rows(storage, summary["output"]), summary["threshold"], cfg.video.smoothing_window)
+    storage.write_bytes(join(summary["output"], "videos.json"), json.dumps(videos, indent=2).encode())
+    summary["n_videos"] = len(listing.videos)
+    summary["n_anomalous_segments"] = sum(len(v["segments"]) for v in videos)
+    return videos
+
+
+def _track(cfg: ScoreConfig, storage: Storage, model: ModelRef, summary: dict[str, Any],
+           videos: list[dict[str, Any]], tracking_uri: str | None, scored_anything: bool) -> None:
+    """Log the run to MLflow once: a re-run that scored nothing new logs nothing; one that did
+    reopens the first attempt's MLflow run. A failure here is reported, never undoes the results."""
+    if tracking_uri is None:
+        return
+    record_uri = join(summary["output"], "tracking.json")
+    record = _read_json(storage, record_uri)
+    if record and not scored_anything:
+        summary["mlflow_run_id"] = record["mlflow_run_id"]
+        log.info("MLflow run %s (%s) already holds this run; nothing new to log", record["mlflow_run_id"],
+                 tracking_uri)
+        return
+    try:
+        with start_run(cfg.tracking, summary["run_id"], "score", record and record["mlflow_run_id"]) as run:
+            if not record:
+                run.params(flatten(cfg.model_dump()) | model.params | {"run_id": summary["run_id"]})
+                run.tags({"model_uri": model.uri, "output": summary["output"]})
+            run.metrics({"inputs": summary["n_inputs"], "ok": summary["n_ok"], "errors": summary["n_errors"],
+                         "anomalous": summary["n_anomalous"], "images_per_s": summary["images_per_s"],
+                         "failed_units": len(summary["failed_units"]), "wall_time_s": summary["seconds"]["total"],
+                         "scoring_s": summary["seconds"]["scoring"], "startup_s": summary["seconds"]["startup"]})
+            run.json_artifact("summary.json", summary)
+            if videos:
+                run.json_artifact("videos.json", videos)
+            run.file_artifact("bank.json" if cfg.detector == "patchcore" else "model.json", model.metadata)
+            summary["mlflow_run_id"] = run.run_id
+        storage.write_bytes(record_uri, json.dumps({"mlflow_run_id": run.run_id, "tracking_uri": tracking_uri}
+                                                   ).encode())
+        log.info("MLflow run %s at %s", run.run_id, tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - tracking must never undo or redo the results
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        summary["tracking_error"] = reason
+        log.error("MLflow logging failed (%s): %s; the results in %s stand; re-run with --run-name %s to log them",
+                  tracking_uri, reason, summary["output"], summary["run_id"])

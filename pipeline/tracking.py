@@ -1,4 +1,10 @@
-"""MLflow: the only module that imports mlflow. Params, metrics, artifacts and lineage tags."""
+"""MLflow: the only module that imports mlflow. Params, metrics, artifacts and lineage tags.
+
+The store is checked before any work (:func:`check_tracking`), and HTTP retries are bounded
+(``MLFLOW_HTTP_REQUEST_MAX_RETRIES``/``_TIMEOUT`` default to 2 and 20 s here instead of MLflow's
+7 and 120 s), so a store that goes away during a long run costs about a minute at the end,
+not four; the job then reports it without touching the results already written.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pipeline.config import TrackingSettings
+from pipeline.errors import SetupError
 
 MAX_PARAM_CHARS = 6000
 
@@ -61,8 +68,49 @@ class Run:
                 self._mlflow.log_artifact(path, artifact_path=folder)
 
 
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
 @contextmanager
-def start_run(settings: TrackingSettings, run_name: str, job: str) -> Iterator[Run]:
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def check_tracking(settings: TrackingSettings) -> str | None:
+    """Before any work: the MLflow store answers and the experiment is usable. Returns the store's
+    URI (None when tracking is off); raises :class:`SetupError` with one line otherwise."""
+    if not settings.enabled:
+        return None
+    for key, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    import mlflow
+
+    if settings.tracking_uri:
+        mlflow.set_tracking_uri(settings.tracking_uri)
+    uri = mlflow.get_tracking_uri()
+    try:
+        with _environment({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}):
+            mlflow.set_experiment(settings.experiment)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "cannot track this run"
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise SetupError(f"tracking.tracking_uri={uri}: MLflow store unreachable or unusable: {reason} "
+                         f"(or run with --no-tracking)") from exc
+    return uri
+
+
+@contextmanager
+def start_run(settings: TrackingSettings, run_name: str, job: str, resume_run_id: str | None = None
+              ) -> Iterator[Run]:
+    """An MLflow run in ``settings.experiment``; ``resume_run_id`` reopens an earlier one."""
     if not settings.enabled:
         yield Run(None)
         return
@@ -70,13 +118,9 @@ def start_run(settings: TrackingSettings, run_name: str, job: str) -> Iterator[R
 
     if settings.tracking_uri:
         mlflow.set_tracking_uri(settings.tracking_uri)
-    try:
-        mlflow.set_experiment(settings.experiment)
-    except Exception as exc:  # noqa: BLE001
-        raise RuntimeError(
-            f"tracking.tracking_uri={mlflow.get_tracking_uri()}: MLflow store unusable: {exc}"
-        ) from exc
-    with mlflow.start_run(run_name=run_name, tags={"job": job}) as active:
+    mlflow.set_experiment(settings.experiment)
+    with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name,
+                          tags=None if resume_run_id else {"job": job}) as active:
         run = Run(mlflow)
         run.run_id = active.info.run_id
         run.tracking_uri = mlflow.get_tracking_uri()

@@ -44,8 +44,8 @@ from pipeline.io.batches import iter_batches
 from pipeline.io.labelled import load_labelled
 from pipeline.io.sources import Listing, list_inputs, plan_units, plan_video_units
 from pipeline.io.storage import Storage
-from pipeline.runtime import init_ray, setup_worker_threads
-from pipeline.tracking import flatten, start_run
+from pipeline.runtime import fitting_workers, init_ray, setup_worker_threads, wait_for_gang
+from pipeline.tracking import check_tracking, flatten, start_run
 
 
 class TrainConfig(JobConfig):
@@ -187,7 +187,11 @@ class DMADTrainWorker:
             dist.destroy_process_group()
 
 
-def _run_clip_training(cfg: TrainConfig) -> tuple[dict[str, Any], float, float, list[int]]:
+def _run_clip_training(cfg: TrainConfig, local: bool) -> tuple[dict[str, Any], float, float, list[int]]:
+    if local:
+        fitting_workers(cfg.runtime, 1, local)
+    else:
+        wait_for_gang(cfg.runtime, 1)
     remote = ray.remote(train_clip_detector).options(num_cpus=cfg.runtime.num_cpus_per_worker,
                                                      num_gpus=cfg.runtime.num_gpus_per_worker, max_retries=0)
     start = time.perf_counter()
@@ -199,8 +203,10 @@ def _run_clip_training(cfg: TrainConfig) -> tuple[dict[str, Any], float, float, 
     return result, 0.0, time.perf_counter() - start, [result["n_samples"]]
 
 
-def _run_dmad_training(cfg: TrainConfig, t0: float) -> tuple[dict[str, Any], float, float, list[int]]:
-    world = cfg.runtime.workers
+def _run_dmad_training(cfg: TrainConfig, t0: float, local: bool) -> tuple[dict[str, Any], float, float, list[int]]:
+    world = fitting_workers(cfg.runtime, cfg.runtime.workers, local)
+    if not local:
+        wait_for_gang(cfg.runtime, world)
     remote = ray.remote(DMADTrainWorker).options(num_cpus=cfg.runtime.num_cpus_per_worker,
                                                   num_gpus=cfg.runtime.num_gpus_per_worker)
     workers = [remote.remote(cfg, rank, world) for rank in range(world)]
@@ -226,11 +232,12 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     data = cfg.normal if cfg.detector == "dmad" else cfg.aux
     storage.check_reachable(data, "normal" if cfg.detector == "dmad" else "aux")
     storage.check_reachable(cfg.model_out, "model_out")
-    init_ray(cfg.runtime)
+    check_tracking(cfg.tracking)
+    local = init_ray(cfg.runtime)
     if cfg.detector == "dmad":
-        result, startup_s, train_s, n_samples = _run_dmad_training(cfg, t0)
+        result, startup_s, train_s, n_samples = _run_dmad_training(cfg, t0, local)
     else:
-        result, startup_s, train_s, n_samples = _run_clip_training(cfg)
+        result, startup_s, train_s, n_samples = _run_clip_training(cfg, local)
     checkpoint, curve = result["checkpoint"], result["curve"]
     storage.write_bytes(cfg.model_out, checkpoint)
     summary = {

@@ -27,13 +27,17 @@ def read_rows(storage: Storage, run_uri: str, columns: list[str] = COLUMNS) -> l
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average; the window shrinks at the ends instead of padding with zeros."""
+    """Centred moving average, as long as ``values``: index ``i`` averages ``values[i - window // 2]``
+    to ``values[i + (window - 1) // 2]``, the window shrinking at the ends instead of padding with
+    zeros (so a video with fewer frames than ``window`` gets the mean of what it has)."""
+    values = np.asarray(values, dtype=np.float64)
     if window <= 1 or len(values) == 0:
-        return values.astype(np.float64)
-    kernel = np.ones(window)
-    sums = np.convolve(values, kernel, mode="same")
-    counts = np.convolve(np.ones(len(values)), kernel, mode="same")
-    return sums / counts
+        return values.copy()
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    index = np.arange(len(values))
+    lo = np.maximum(index - window // 2, 0)
+    hi = np.minimum(index + (window - 1) // 2 + 1, len(values))
+    return (sums[hi] - sums[lo]) / (hi - lo)
 
 
 def summarize_videos(rows: list[dict[str, Any]], threshold: float | None, window: int) -> list[dict[str, Any]]:

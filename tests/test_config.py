@@ -1,6 +1,3 @@
-import subprocess
-import sys
-
 import pytest
 
 from pipeline.config import ConfigError, FitConfig, ScoreConfig, load_config
@@ -23,20 +20,41 @@ def test_flags_override_yaml_and_errors_name_the_setting(tmp_path):
 
 
 def test_missing_required_and_bad_run_name():
-    with pytest.raises(ConfigError, match="output: Field required"):
+    with pytest.raises(ConfigError, match=r"output: required$"):
         load_config(ScoreConfig, None, {"input": "/a", "bank": "/b"})
+    with pytest.raises(ConfigError, match=r"output \(--output\): required$"):
+        load_config(ScoreConfig, None, {"input": "/a", "bank": "/b"}, {"output": "--output"})
     with pytest.raises(ConfigError, match="run_name"):
         load_config(ScoreConfig, None, {"input": "/a", "bank": "/b", "output": "/c", "run_name": "../escape"})
 
 
-def test_cli_reports_bad_value_and_exits_2(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "jobs.fit", "--normal", str(tmp_path), "--bank", str(tmp_path / "b"),
-         "--coreset-ratio", "0", "--no-tracking"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2
-    assert "patchcore.coreset_ratio" in proc.stderr
+def test_threshold_must_be_finite(tmp_path):
+    with pytest.raises(ConfigError, match=r"threshold.*finite"):
+        load_config(ScoreConfig, None, {"input": "/a", "bank": "/b", "output": "/c", "threshold": float("nan")})
+    path = tmp_path / "score.yaml"
+    path.write_text("input: /a\nbank: /b\noutput: /c\nthreshold: .nan\n")
+    with pytest.raises(ConfigError, match=r"threshold.*finite"):
+        load_config(ScoreConfig, path, {})
+
+
+def test_yaml_anchors_and_aliases_are_refused(tmp_path):
+    path = tmp_path / "fit.yaml"
+    path.write_text("normal: &n /data\nbank: *n\n")
+    with pytest.raises(ConfigError, match=r"^--config \S+ line 1: YAML anchors and aliases .* are not accepted"):
+        load_config(FitConfig, path, {})
+
+
+def test_errors_quote_long_values_clipped_and_list_a_bounded_number(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(FitConfig, None, {"normal": "/a", "bank": "/b", "patchcore.backbone": "v" * 1_000_000})
+    message = str(err.value)
+    assert "patchcore.backbone" in message and f"(got '{'v' * 199}" in message and "v..." in message
+    assert len(message) < 600
+
+    path = tmp_path / "fit.yaml"
+    path.write_text("normal: /a\nbank: /b\n" + "".join(f"extra_{i}: {'w' * 10_000}\n" for i in range(100)))
+    message = str(pytest.raises(ConfigError, load_config, FitConfig, path, {}).value)
+    assert message.count("\n") == 21 and message.endswith("... and 80 more") and len(message) < 6000
 
 
 def test_unreachable_s3_fails_fast_naming_the_endpoint():

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -8,6 +9,7 @@ from pipeline.features.preprocess import gaussian_blur, to_input_tensor
 from pipeline.io.storage import Storage
 from pipeline.memory_bank.bank import BankMetadata
 from pipeline.memory_bank.index import ShardedIndex, build_index
+from pipeline.memory_bank.knn import build_knn
 
 STORAGE = Storage(StorageSettings())
 
@@ -17,7 +19,7 @@ def load(folder) -> torch.Tensor:
                         for p in sorted(folder.glob("*.png"))])
 
 
-def detector_for(dataset, **overrides) -> PatchCoreDetector:
+def detector_for(dataset, engine: str = "faiss", precision: str | None = None, **overrides) -> PatchCoreDetector:
     settings = PatchCoreSettings(image_size=64, **overrides)
     embedder, fp = build_embedder(settings, STORAGE)
     feats, grid = embedder(load(dataset / "train" / "good"))
@@ -29,7 +31,7 @@ def detector_for(dataset, **overrides) -> PatchCoreDetector:
                         reweight=settings.reweight, sigma=settings.sigma, n_images=12, n_errors=0,
                         n_patches=len(bank), n_bank=len(bank), n_shards=1, threshold=None, calibration={},
                         fingerprint="sha256:x")
-    return PatchCoreDetector(embedder, ShardedIndex([build_index(bank)]), meta)
+    return PatchCoreDetector(embedder, build_knn(ShardedIndex([build_index(bank)]), engine, "cpu", precision), meta)
 
 
 def test_patch_features_have_the_configured_shape():
@@ -102,3 +104,44 @@ def test_gaussian_blur_matches_scipy_style_kernel_and_keeps_mass():
     expected = np.exp(-0.5 * (np.arange(-16, 17) / 4.0) ** 2)
     expected /= expected.sum()
     assert np.allclose(out[0, 32, 16:49].numpy(), expected * expected[16], atol=1e-6)
+
+
+def test_device_engine_gives_exact_distances_and_the_maps_faiss_gives(dataset):
+    """Torch engine (float32, and bfloat16 with its float32 re-rank) against exact float64 distances;
+    faiss computes |q|^2 - 2qb + |b|^2 in float32, which near zero distances is only good to ~1e-3."""
+    images = torch.cat([load(dataset / "test" / "defect"), load(dataset / "test" / "good")])
+    det = detector_for(dataset, "faiss")
+    feats, (h, w) = det.embedder(images)
+    bank = det.knn.index.all_vectors().astype(np.float64)
+    q = feats.reshape(-1, feats.shape[-1]).numpy().astype(np.float64)
+    exact = np.sqrt(((q ** 2).sum(1)[:, None] - 2 * q @ bank.T + (bank ** 2).sum(1)[None]).clip(0).min(1))
+    exact = torch.from_numpy(exact.reshape(len(images), h, w)).float()
+    exact_maps = gaussian_blur(torch.nn.functional.interpolate(exact[:, None], size=(64, 64), mode="bilinear",
+                                                               align_corners=False)[:, 0], 4.0).numpy()
+    reference = det.score(images)
+    assert np.allclose(reference.maps, exact_maps, rtol=1e-3, atol=1e-3)
+    for precision in ("float32", "bfloat16"):
+        ours = detector_for(dataset, "torch", precision).score(images)
+        assert np.allclose(ours.scores, exact.flatten(1).amax(1).numpy(), rtol=1e-5, atol=1e-6), precision
+        assert np.allclose(ours.maps, exact_maps, rtol=1e-5, atol=1e-6), precision
+        assert np.allclose(ours.maps, reference.maps, rtol=1e-3, atol=1e-3), precision
+    for precision in ("float32", "bfloat16"):  # Eq. 7 too
+        weighted = detector_for(dataset, "torch", precision, reweight=True).score(images).scores
+        assert np.allclose(weighted, detector_for(dataset, "faiss", reweight=True).score(images).scores, rtol=1e-3)
+
+
+def test_reweighting_follows_equation_7(dataset):
+    """s = (1 - softmax_j(|m_test - n_j|)[m*]) * s*, with n_j the bank's k nearest to m* (m* first)."""
+    det = detector_for(dataset, "torch", reweight=True, num_neighbors=3)
+    images = load(dataset / "test" / "defect")
+    feats, _ = det.embedder(images)
+    bank = det.knn.bank.numpy()
+    for i in range(len(images)):
+        patches = feats[i].numpy()
+        d_all = np.linalg.norm(patches[:, None] - bank[None], axis=-1)
+        worst = d_all.min(axis=1).argmax()
+        s_star, m_star = d_all[worst].min(), bank[d_all[worst].argmin()]
+        support = np.argsort(np.linalg.norm(bank - m_star, axis=1))[:3]
+        d = np.linalg.norm(bank[support] - patches[worst], axis=1)
+        weight = 1 - np.exp(d[0]) / np.exp(d).sum()
+        assert det.score(images[i:i + 1]).scores[0] == pytest.approx(weight * s_star, rel=1e-4)

@@ -1,20 +1,30 @@
 import io
+import os
 import tarfile
 
 import numpy as np
 from PIL import Image
+from relay import without_hanging
 
 from pipeline.config import DecodeSettings, StorageSettings
+from pipeline.io.batches import Decoded, Failed, _iter_decoded
 from pipeline.io.sources import Listing, iter_unit_items, list_inputs, plan_units
 from pipeline.io.storage import Storage
 
 STORAGE = Storage(StorageSettings())
 
 
-def png() -> bytes:
+def png(value: int = 100) -> bytes:
     out = io.BytesIO()
-    Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(out, "PNG")
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(out, "PNG")
     return out.getvalue()
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE,
+               link: str = "") -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, link, len(data)
+    tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
 
 
 def test_units_cover_every_image_once_and_are_stable():
@@ -46,20 +56,74 @@ def test_tar_members_are_streamed_never_extracted(tmp_path):
     path = tmp_path / "shard.tar"
     with tarfile.open(path, "w") as tar:
         for name in ("ok.png", "../../escape.png", "/abs/root.png"):
-            info = tarfile.TarInfo(name)
-            data = png()
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        link = tarfile.TarInfo("link.png")
-        link.type = tarfile.SYMTYPE
-        link.linkname = "/etc/passwd"
-        tar.addfile(link)
+            add_member(tar, name, png())
+        add_member(tar, "link.png", kind=tarfile.SYMTYPE, link="/etc/passwd")
     before = set(tmp_path.parent.rglob("*"))
     units, _ = plan_units(Listing([], [str(path)], []), 10)
     items = list(iter_unit_items(STORAGE, units[0], DecodeSettings()))
-    assert [i.member for i in items] == ["ok.png", "../../escape.png", "/abs/root.png"]
-    assert all(i.error is None and i.data == png() for i in items)
+    assert [i.member for i in items] == ["ok.png", "../../escape.png", "/abs/root.png", "link.png"]
+    assert all(i.error is None and i.data == png() and i.status == "ok" for i in items[:3])
+    assert (items[3].status, items[3].data, items[3].error) == ("skipped", None, "skipped: symbolic link in tar")
     assert set(tmp_path.parent.rglob("*")) == before  # nothing written anywhere
+
+
+def test_tar_entries_get_an_item_each_with_their_position(tmp_path):
+    path = tmp_path / "shard.tar"
+    with tarfile.open(path, "w") as tar:
+        add_member(tar, "dir", kind=tarfile.DIRTYPE)
+        add_member(tar, "dir/a.png", png(10))
+        add_member(tar, "notes.txt", b"hello")
+        add_member(tar, "soft.png", kind=tarfile.SYMTYPE, link="dir/a.png")
+        add_member(tar, "hard.png", kind=tarfile.LNKTYPE, link="dir/a.png")
+        add_member(tar, "a.png", png(20))
+        add_member(tar, "a.png", png(30))  # the same name again: a second input, not a replacement
+        add_member(tar, "fifo", kind=tarfile.FIFOTYPE)
+    units, _ = plan_units(Listing([], [str(path)], []), 10)
+    items = list(iter_unit_items(STORAGE, units[0], DecodeSettings()))
+    assert [(i.member, i.member_index, i.status) for i in items] == [
+        ("dir/a.png", 1, "ok"), ("notes.txt", 2, "skipped"), ("soft.png", 3, "skipped"), ("hard.png", 4, "skipped"),
+        ("a.png", 5, "ok"), ("a.png", 6, "ok"), ("fifo", 7, "skipped")]
+    assert [i.error for i in items if i.status == "skipped"] == [
+        "skipped: not an image (.txt)", "skipped: symbolic link in tar", "skipped: hard link in tar",
+        "skipped: device or FIFO entry in tar"]
+    decoded = [d for d in _iter_decoded(STORAGE, units[0], DecodeSettings()) if isinstance(d, Decoded)]
+    assert [(d.member, d.member_index, int(d.rgb[0, 0, 0])) for d in decoded] == [
+        ("dir/a.png", 1, 10), ("a.png", 5, 20), ("a.png", 6, 30)]
+
+
+def test_files_that_are_not_inputs_get_skipped_rows_without_being_read(tmp_path):
+    (tmp_path / "a.png").write_bytes(png())
+    (tmp_path / "notes.txt").write_text("hi")
+    os.mkfifo(tmp_path / "stream")  # reading it would block: a skipped file is never opened
+    (tmp_path / "_SUCCESS").write_text("")
+    (tmp_path / ".DS_Store").write_text("")
+    listing = list_inputs(STORAGE, str(tmp_path))
+    assert sorted(os.path.basename(p) for p in listing.skipped) == ["notes.txt", "stream"]
+    units, n_buckets = plan_units(listing, images_per_unit=10)
+    assert n_buckets == 1 and sorted(units[0].files) == sorted(listing.images + listing.skipped)
+    items = without_hanging(lambda: list(_iter_decoded(STORAGE, units[0], DecodeSettings())), tmp_path / "stream",
+                            seconds=5)
+    failed = [f for f in items if isinstance(f, Failed)]
+    assert {(os.path.basename(f.source_uri), f.status, f.error) for f in failed} == {
+        ("notes.txt", "skipped", "skipped: not an image, tar or video (.txt)"),
+        ("stream", "skipped", "skipped: not an image, tar or video (no extension)")}
+    # a new skipped file changes its unit's fingerprint, so a resumed run writes its row
+    (tmp_path / "more.csv").write_text("x")
+    again, _ = plan_units(list_inputs(STORAGE, str(tmp_path)), 10, n_buckets)
+    assert again[0].fingerprint() != units[0].fingerprint()
+
+
+def test_a_fifo_named_like_an_image_is_an_error_row_not_a_hang(tmp_path):
+    (tmp_path / "a.png").write_bytes(png())
+    os.mkfifo(tmp_path / "b.png")
+    os.symlink(tmp_path / "b.png", tmp_path / "c.png")
+    units, _ = plan_units(list_inputs(STORAGE, str(tmp_path)), 10)
+    read = without_hanging(lambda: list(iter_unit_items(STORAGE, units[0], DecodeSettings())), tmp_path / "b.png",
+                           seconds=5)
+    items = {os.path.basename(i.source_uri): i for i in read}
+    assert items["a.png"].status == "ok"
+    for name in ("b.png", "c.png"):
+        assert items[name].status == "error" and items[name].error.endswith("not a regular file (FIFO)")
 
 
 def test_truncated_tar_keeps_members_before_the_break(tmp_path):
@@ -82,5 +146,5 @@ def test_oversized_file_is_an_error_item(tmp_path):
     (tmp_path / "big.png").write_bytes(png() + bytes(5000))
     units, _ = plan_units(list_inputs(STORAGE, str(tmp_path)), 10)
     (item,) = iter_unit_items(STORAGE, units[0], DecodeSettings(max_file_bytes=1000))
-    assert item.data is None and "max_file_bytes=1000" in item.error
+    assert item.data is None and item.status == "error" and "max_file_bytes=1000" in item.error
 

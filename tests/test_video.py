@@ -1,19 +1,24 @@
 """Video archives: PyAV decoding, frame-range units, broken videos, segments, frame AUC."""
 
 import json
+import struct
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 from conftest import small_patchcore
 
 from jobs.evaluate import main as evaluate_main
-from pipeline.config import FitConfig, ScoreConfig, StorageSettings
+from pipeline.config import DecodeSettings, FitConfig, ScoreConfig, StorageSettings, VideoSettings
 from pipeline.demo_data import make_video
 from pipeline.fit import run_fit
+from pipeline.io.batches import Decoded, Failed, _iter_decoded
+from pipeline.io.sources import plan_video_units
 from pipeline.io.storage import Storage
 from pipeline.io.video import VideoError, frame_ranges, iter_frames, probe
 from pipeline.score import run_score
-from pipeline.video_summary import read_rows
+from pipeline.video_summary import moving_average, read_rows
 
 STORAGE = Storage(StorageSettings())
 TREE = Path(__file__).resolve().parent / "data" / "tree.avi"  # real Cinepak video (OpenCV sample data)
@@ -94,3 +99,99 @@ def test_video_archive_scored_end_to_end_with_segments_and_frame_auc(ray_runtime
     assert evaluate_main(["--output", again["output"], "--labels", str(labels), "--no-tracking"]) == 0
     result = json.loads((tmp_path / "out" / "r2" / "evaluation.json").read_text())
     assert result["frame_auc"] == 1.0 and result["n_frames"] == 50 and result["n_positive"] == 12
+
+
+def write_avi(path: Path, n_frames: int, header_frames: int | None = None) -> Path:
+    """A small MJPEG AVI; ``header_frames`` overwrites the frame counts its header declares
+    (``dwTotalFrames`` in ``avih``, ``dwLength`` in the video ``strh``), as a lying muxer would."""
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("mjpeg", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuvj420p"
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * 8 % 256, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    if header_frames is not None:
+        data = bytearray(path.read_bytes())
+        for tag, offset in ((b"avih", 16), (b"strh", 32)):
+            at = data.index(tag) + 8 + offset
+            assert struct.unpack_from("<I", data, at)[0] == n_frames
+            struct.pack_into("<I", data, at, header_frames)
+        path.write_bytes(bytes(data))
+    return path
+
+
+def run_units(units) -> tuple[list[Decoded], list[Failed]]:
+    decoded, failed = [], []
+    for unit in units:
+        for item in _iter_decoded(STORAGE, unit, DecodeSettings()):
+            (decoded if isinstance(item, Decoded) else failed).append(item)
+    return decoded, failed
+
+
+@pytest.mark.parametrize("header_frames, frames_per_unit, stride", [
+    (10**9, 1500, 1), (10**9, 1000, 3), (200, 8, 1), (200, 9, 3)])
+def test_a_lying_header_plans_few_units_and_gives_one_error_row(tmp_path, header_frames, frames_per_unit, stride):
+    path = write_avi(tmp_path / "liar.avi", 30, header_frames)
+    size = path.stat().st_size
+    assert probe(STORAGE, str(path)).n_frames == min(header_frames, size)
+    units = plan_video_units(STORAGE, [str(path)], VideoSettings(frames_per_unit=frames_per_unit, frame_stride=stride))
+    assert len(units) <= min(header_frames, size) // frames_per_unit + 1
+    assert all(u.frame_start % stride == 0 and (u.frame_end or 0) % stride == 0 for u in units)
+    decoded, failed = run_units(units)
+    assert [d.frame_index for d in decoded] == list(range(0, 30, stride))  # every real frame once, in order
+    (error,) = failed
+    assert error.frame_index == 30 and "header promises" in error.error and "truncated" in error.error
+    keys = [(i.source_uri, i.member_index, i.frame_index) for i in decoded + failed]
+    assert len(keys) == len(set(keys))
+    holder = next(u for u in units if u.frame_start <= 29 and (u.frame_end is None or u.frame_end > 29))
+    assert run_units([holder])[1] == failed  # the unit holding the real end reports it
+
+
+def test_an_honest_avi_gives_no_error_and_splits_cleanly(tmp_path):
+    path = write_avi(tmp_path / "honest.avi", 30)
+    units = plan_video_units(STORAGE, [str(path)], VideoSettings(frames_per_unit=7))
+    assert len(units) == 5
+    decoded, failed = run_units(units)
+    assert [d.frame_index for d in decoded] == list(range(30)) and not failed
+
+
+def test_a_truncated_video_split_in_units_gives_one_error_at_its_real_end(tmp_path):
+    clip = make_video(tmp_path / "clip.mkv", n_frames=60, size=64)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    units = plan_video_units(STORAGE, [str(cut)], VideoSettings(frames_per_unit=10))
+    assert len(units) == 6
+    decoded, failed = run_units(units)
+    indices = [d.frame_index for d in decoded]
+    assert indices == list(range(len(indices))) and 5 < len(indices) < 60
+    (error,) = failed
+    assert error.frame_index == indices[-1] + 1 and "truncated" in error.error
+
+
+def test_a_video_that_cannot_be_opened_gives_one_error_without_frame_index(tmp_path):
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    units = plan_video_units(STORAGE, [str(tmp_path / "zero.mp4")], VideoSettings())
+    decoded, failed = run_units(units)
+    assert len(units) == 1 and not decoded
+    (error,) = failed
+    assert error.frame_index is None and "not a decodable video" in error.error
+
+
+def naive_moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    n = len(values)
+    return np.array([values[max(0, i - window // 2): min(n, i + (window - 1) // 2 + 1)].mean() for i in range(n)])
+
+
+def test_moving_average_keeps_the_length_and_shrinks_the_window_at_the_ends():
+    rng = np.random.default_rng(0)
+    for window in (1, 2, 3, 4, 5, 8, 9, 16):
+        for n in sorted({0, 1, 2, max(0, window - 1), window, window + 1, 3 * window + 2}):
+            values = rng.normal(size=n)
+            smooth = moving_average(values, window)
+            assert smooth.shape == (n,), (window, n)
+            assert np.allclose(smooth, naive_moving_average(values, window)), (window, n)
+    assert np.array_equal(moving_average(np.array([1.0, 3.0]), 9), [2.0, 2.0])

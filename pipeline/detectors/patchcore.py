@@ -1,14 +1,14 @@
 """PatchCore (Roth et al., CVPR 2022): memory bank of patch features, nearest-neighbour scores.
 
 Scoring follows the paper and the official code: each test patch's score is its Euclidean
-distance to the nearest bank vector (exact faiss search); the image score is the maximum patch
+distance to the nearest bank vector (exact search: faiss, or a chunked torch matmul with an
+exact float32 re-rank on the worker's device, see ``memory_bank/knn.py``); the image score is the maximum patch
 score, optionally re-weighted by the paper's Eq. 7; the map is the patch-score grid upsampled
 bilinearly to the input size and smoothed with a Gaussian (sigma 4 by default).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +19,7 @@ from pipeline.features.patch_embedding import PatchEmbedder
 from pipeline.features.preprocess import gaussian_blur
 from pipeline.io.storage import Storage
 from pipeline.memory_bank.bank import BankMetadata, load_index, load_metadata, resolve_bank_uri
-from pipeline.memory_bank.index import ShardedIndex
+from pipeline.memory_bank.knn import NearestNeighbours, build_knn, resolve_engine
 
 
 def build_embedder(settings: PatchCoreSettings, storage: Storage, device: str = "cpu") -> tuple[PatchEmbedder, str]:
@@ -41,11 +41,14 @@ def settings_from_metadata(meta: BankMetadata) -> PatchCoreSettings:
 
 
 class PatchCoreDetector:
+    """Scores where the features are: nearest-neighbour search, image score, Eq. 7 and the maps
+    all run on the detector's device; only ``[B]`` scores and ``[B,H,W]`` maps come back."""
+
     name = "patchcore"
 
-    def __init__(self, embedder: PatchEmbedder, index: ShardedIndex, meta: BankMetadata, device: str = "cpu"):
+    def __init__(self, embedder: PatchEmbedder, knn: NearestNeighbours, meta: BankMetadata, device: str = "cpu"):
         self.embedder = embedder
-        self.index = index
+        self.knn = knn
         self.meta = meta
         self.device = device
         self.version = f"{meta.version}:{meta.fingerprint[:19]}"
@@ -53,7 +56,8 @@ class PatchCoreDetector:
         self.image_size = meta.image_size
 
     @classmethod
-    def load(cls, storage: Storage, bank: str, version: str | None = None, device: str = "cpu") -> PatchCoreDetector:
+    def load(cls, storage: Storage, bank: str, version: str | None = None, device: str = "cpu",
+             engine: str = "auto", precision: str | None = None) -> PatchCoreDetector:
         uri = resolve_bank_uri(storage, bank, version)
         meta = load_metadata(storage, uri)
         embedder, weights_fingerprint = build_embedder(settings_from_metadata(meta), storage, device)
@@ -62,39 +66,37 @@ class PatchCoreDetector:
                 f"bank {uri}: backbone weights {meta.weights} now have fingerprint {weights_fingerprint}, "
                 f"the bank was built with {meta.weights_fingerprint}"
             )
-        return cls(embedder, load_index(storage, uri, meta, use_gpu=device.startswith("cuda")), meta, device)
+        use_faiss_gpu = resolve_engine(engine, device) == "faiss" and device.startswith("cuda")
+        index = load_index(storage, uri, meta, use_gpu=use_faiss_gpu)
+        return cls(embedder, build_knn(index, engine, device, precision), meta, device)
 
-    def patch_scores(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-patch NN distances ``[B,h,w]``, NN ids ``[B,h*w,k]`` and the patch features."""
-        feats, (h, w) = self.embedder(images.to(self.device))
-        flat = feats.reshape(-1, feats.shape[-1]).float().cpu().numpy()
-        dist, ids = self.index.search(flat, 1)
-        b = images.shape[0]
-        return dist[:, 0].reshape(b, h, w), ids.reshape(b, h * w, -1), flat.reshape(b, h * w, -1)
+    def patch_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-patch NN distances ``[B,h,w]``, NN ids ``[B,h*w]`` and the patch features ``[B,h*w,E]``."""
+        feats, (h, w) = self.embedder(images.to(self.device, non_blocking=True))
+        b = feats.shape[0]
+        dist, ids = self.knn.search(feats.reshape(b * h * w, -1), 1)
+        return dist[:, 0].reshape(b, h, w), ids[:, 0].reshape(b, h * w), feats
 
-    def _reweighted(self, raw: np.ndarray, nn_ids: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    def _reweighted(self, raw: torch.Tensor, nn_ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """Paper Eq. 7: damp the max score when the test patch's nearest bank vector lies in a dense area."""
         b = raw.shape[0]
+        rows = torch.arange(b, device=raw.device)
         flat_raw = raw.reshape(b, -1)
-        worst = flat_raw.argmax(axis=1)
-        m_test = feats[np.arange(b), worst]  # [B, E]
-        m_star = self.index.reconstruct(nn_ids[np.arange(b), worst, 0])
-        _, support = self.index.search(m_star, self.meta.num_neighbors)  # includes m* itself
-        scores = np.empty(b, dtype=np.float32)
-        for i in range(b):
-            neighbours = self.index.reconstruct(support[i][support[i] >= 0])
-            d = np.linalg.norm(neighbours - m_test[i], axis=1)
-            softmax = np.exp(d - d.max()) / np.exp(d - d.max()).sum()
-            scores[i] = (1.0 - softmax[0]) * flat_raw[i, worst[i]]
-        return scores
+        worst = flat_raw.argmax(dim=1)
+        m_test = feats[rows, worst]  # [B, E]
+        m_star = self.knn.reconstruct(nn_ids[rows, worst]).to(m_test.device)
+        k = min(self.meta.num_neighbors, self.knn.ntotal)
+        _, support = self.knn.search(m_star, k)  # [B, k], includes m* itself
+        neighbours = self.knn.reconstruct(support.reshape(-1)).to(m_test.device).reshape(b, k, -1)
+        d = torch.linalg.vector_norm(neighbours - m_test[:, None], dim=-1)
+        return (1.0 - torch.softmax(d, dim=1)[:, 0]) * flat_raw[rows, worst]
 
     def score(self, images: torch.Tensor) -> ScoreBatch:
         raw, nn_ids, feats = self.patch_scores(images)
         if self.meta.reweight:
             scores = self._reweighted(raw, nn_ids, feats)
         else:
-            scores = raw.reshape(raw.shape[0], -1).max(axis=1).astype(np.float32)
-        maps = F.interpolate(torch.from_numpy(raw).unsqueeze(1), size=images.shape[-2:], mode="bilinear",
-                             align_corners=False)[:, 0]
+            scores = raw.reshape(raw.shape[0], -1).amax(dim=1)
+        maps = F.interpolate(raw.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         maps = gaussian_blur(maps, self.meta.sigma)
-        return ScoreBatch(scores=scores, maps=maps.numpy().astype(np.float32))
+        return ScoreBatch(scores=scores.float().cpu().numpy(), maps=maps.float().cpu().numpy())

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from pipeline.io.storage import Storage
+if TYPE_CHECKING:
+    from pipeline.io.storage import Storage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,7 +29,7 @@ class WeightsError(RuntimeError):
     """Backbone weights could not be loaded; the message names the ``weights`` setting."""
 
 
-def _load_state_dict(storage: Storage, weights: str) -> tuple[dict[str, torch.Tensor], str]:
+def load_state_dict(storage: Storage, weights: str) -> tuple[dict[str, torch.Tensor], str]:
     try:
         data = storage.read_bytes(weights)
     except Exception as exc:  # noqa: BLE001
@@ -56,7 +58,7 @@ def build_classifier(name: str, weights: str, seed: int, storage: Storage) -> tu
         model = torchvision.models.get_model(name, weights=None)
     if weights == "none":
         return model, f"random:seed={seed}"
-    state, fingerprint = _load_state_dict(storage, weights)
+    state, fingerprint = load_state_dict(storage, weights)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing:

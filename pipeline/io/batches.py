@@ -13,7 +13,7 @@ from pipeline.config import DecodeSettings
 from pipeline.features.preprocess import to_input_tensor
 from pipeline.io.decode import DecodeError, decode_image
 from pipeline.io.sources import WorkUnit, iter_unit_items
-from pipeline.io.storage import Storage, StorageError
+from pipeline.io.storage import Storage, StorageError, TransientStorageError
 from pipeline.io.video import VideoError, iter_frames
 
 
@@ -25,14 +25,19 @@ class Decoded:
     decode_ms: float
     frame_index: int | None = None
     timestamp_s: float | None = None
+    member_index: int | None = None  # position of the member in its tar (see RawItem)
 
 
 @dataclass
 class Failed:
+    """An input that gives no scores: ``status`` "error" (``error`` says why) or "skipped"."""
+
     source_uri: str
     member: str | None
     error: str
     frame_index: int | None = None
+    member_index: int | None = None
+    status: str = "error"
 
 
 @dataclass
@@ -42,34 +47,39 @@ class Batch:
     failed: list[Failed] = field(default_factory=list)
 
 
+def _iter_video(storage: Storage, unit: WorkUnit) -> Iterator[Decoded | Failed]:
+    start = time.perf_counter()
+    try:
+        for frame in iter_frames(storage, unit.video, unit.frame_start, unit.frame_end, unit.frame_stride):
+            yield Decoded(unit.video, None, frame.rgb, (time.perf_counter() - start) * 1e3, frame.index,
+                          frame.timestamp_s)
+            start = time.perf_counter()
+    except TransientStorageError:
+        raise
+    except VideoError as exc:
+        yield Failed(unit.video, None, str(exc), exc.frame_index)
+    except StorageError as exc:
+        yield Failed(unit.video, None, str(exc))
+
+
 def _iter_decoded(storage: Storage, unit: WorkUnit, decode: DecodeSettings) -> Iterator[Decoded | Failed]:
+    """Decoded inputs and failures; a :class:`TransientStorageError` propagates (the unit fails whole)."""
     if unit.video is not None:
-        start = time.perf_counter()
-        frames = iter_frames(storage, unit.video, unit.frame_start, unit.frame_end, unit.frame_stride)
-        count = 0
-        try:
-            for frame in frames:
-                count += 1
-                yield Decoded(unit.video, None, frame.rgb, (time.perf_counter() - start) * 1e3, frame.index,
-                              frame.timestamp_s)
-                start = time.perf_counter()
-        except (VideoError, StorageError, OSError) as exc:
-            yield Failed(unit.video, None, str(exc))
-            return
-        if count == 0 and unit.frame_start == 0:
-            yield Failed(unit.video, None, "video has no decodable frames")
+        yield from _iter_video(storage, unit)
         return
     for raw in iter_unit_items(storage, unit, decode):
-        if raw.error is not None:
-            yield Failed(raw.source_uri, raw.member, raw.error)
+        if raw.status != "ok":
+            yield Failed(raw.source_uri, raw.member, raw.error or raw.status, member_index=raw.member_index,
+                         status=raw.status)
             continue
         start = time.perf_counter()
         try:
             rgb = decode_image(raw.data, decode.max_pixels)
         except DecodeError as exc:
-            yield Failed(raw.source_uri, raw.member, str(exc))
+            yield Failed(raw.source_uri, raw.member, str(exc), member_index=raw.member_index)
             continue
-        yield Decoded(raw.source_uri, raw.member, rgb, (time.perf_counter() - start) * 1e3)
+        yield Decoded(raw.source_uri, raw.member, rgb, (time.perf_counter() - start) * 1e3,
+                      member_index=raw.member_index)
 
 
 def iter_batches(storage: Storage, unit: WorkUnit, decode: DecodeSettings, size: int, batch_size: int

@@ -2,6 +2,9 @@
 
 Odd but valid pixels are converted (grayscale, 16-bit, RGBA, palette, CMYK); the pixel count
 is checked from the header before any pixel is decoded, so a decompression bomb costs nothing.
+An EXIF orientation is applied, so a portrait photo is scored upright as the camera framed it.
+Float images holding NaN or infinity are refused, not repainted: what the sensor saw there is
+unknown, and a filled-in value would be scored as if it had been seen.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -27,10 +30,13 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.integer):
         top = 65535 if arr.max(initial=0) > 255 else 255
         return (arr.astype(np.float32) * (255.0 / top)).round().clip(0, 255).astype(np.uint8)
+    bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise DecodeError(f"float image has {bad} non-finite pixels (NaN/inf)")
     arr = arr.astype(np.float32)
-    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    lo, hi = float(arr.min()), float(arr.max())
     scaled = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    return (np.nan_to_num(scaled) * 255).round().astype(np.uint8)
+    return (scaled * 255).round().astype(np.uint8)
 
 
 def decode_image(data: bytes | None, max_pixels: int) -> np.ndarray:
@@ -55,6 +61,7 @@ def decode_image(data: bytes | None, max_pixels: int) -> np.ndarray:
             )
         try:
             img.load()
+            ImageOps.exif_transpose(img, in_place=True)
         except Exception as exc:  # noqa: BLE001
             raise DecodeError(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from exc
         return _convert(img)

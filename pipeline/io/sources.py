@@ -1,10 +1,15 @@
 """List an input URI and cut it into deterministic work units.
 
-A work unit is the unit of scheduling, retry, output and resume. Loose image files go to
-``hash(uri) % n_buckets`` buckets (stable across runs: the bucket count is stored in the run
-manifest); each ``.tar`` shard is one unit of its own and is streamed member by member, so
-nothing is ever extracted to disk and a member's name can never escape anywhere; a video is
-cut into frame-range units so one long video spreads over workers.
+A work unit is the unit of scheduling, retry, output and resume. Loose files (images, and the
+files that are not inputs, which get a "skipped" row) go to ``hash(uri) % n_buckets`` buckets
+(stable across runs: the bucket count is stored in the run manifest); each ``.tar`` shard is one
+unit of its own and is streamed member by member, so nothing is ever extracted to disk and a
+member's name can never escape anywhere; a video is cut into frame-range units so one long video
+spreads over workers.
+
+Per-input problems (missing, unreadable, too large) become items with an error; a
+:class:`TransientStorageError` (storage down, not the input) propagates, failing the whole unit
+so it gets no completion marker and a re-run retries it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pipeline.config import DecodeSettings, VideoSettings
-from pipeline.io.storage import Storage, StorageError
+from pipeline.io.storage import Storage, StorageError, TransientStorageError
 from pipeline.io.video import VideoError, frame_ranges, is_video, probe, stride_for
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -81,11 +86,14 @@ class WorkUnit:
 
 
 def plan_units(listing: Listing, images_per_unit: int, n_buckets: int | None = None) -> tuple[list[WorkUnit], int]:
-    """Units for a listing; ``n_buckets`` is reused from an earlier run so unit ids stay stable."""
+    """Units for a listing; ``n_buckets`` is reused from an earlier run so unit ids stay stable.
+
+    Skipped files share the images' buckets (they cost no read); the bucket count follows the images.
+    """
     if n_buckets is None:
         n_buckets = max(1, math.ceil(len(listing.images) / images_per_unit))
     buckets: dict[int, list[str]] = {}
-    for uri in listing.images:
+    for uri in listing.images + listing.skipped:
         buckets.setdefault(stable_hash(uri) % n_buckets, []).append(uri)
     units = [WorkUnit(f"u{b:05d}", files=tuple(sorted(files))) for b, files in sorted(buckets.items())]
     units += [WorkUnit(f"t{stable_hash(t):016x}", tar=t) for t in listing.tars]
@@ -93,13 +101,13 @@ def plan_units(listing: Listing, images_per_unit: int, n_buckets: int | None = N
 
 
 def plan_video_units(storage: Storage, videos: list[str], settings: VideoSettings) -> list[WorkUnit]:
-    """Frame-range units per video. A video that cannot be probed still gets one unit, whose
-    worker turns the decode failure into an error row."""
+    """Frame-range units per video (as many as :func:`probe`'s bounded frame count needs). A video
+    that cannot be probed still gets one unit, whose worker turns the failure into an error row."""
     units = []
     for uri in videos:
         try:
             info = probe(storage, uri)
-        except (VideoError, StorageError, OSError):
+        except (VideoError, StorageError):
             units.append(WorkUnit(f"v{stable_hash(uri):016x}-0", video=uri, frame_stride=settings.frame_stride))
             continue
         stride = stride_for(info, settings.frame_stride, settings.fps)
@@ -111,12 +119,23 @@ def plan_video_units(storage: Storage, videos: list[str], settings: VideoSetting
 
 @dataclass
 class RawItem:
-    """Bytes of one input (or why they could not be had)."""
+    """Bytes of one input, or why there are none.
+
+    ``status``: "ok" (``data`` set), "error" (``error`` says why the input could not be read) or
+    "skipped" (not an input that is scored; ``error`` says why). ``member_index`` is the 0-based
+    position of a tar member among all the tar's entries, so members with one name stay apart.
+    """
 
     source_uri: str
     member: str | None
     data: bytes | None
     error: str | None = None
+    member_index: int | None = None
+    status: str = "ok"
+
+
+def _extension(name: str) -> str:
+    return posixpath.splitext(name)[1].lower() or "no extension"
 
 
 def _read_capped(storage: Storage, uri: str, limit: int) -> bytes:
@@ -127,30 +146,61 @@ def _read_capped(storage: Storage, uri: str, limit: int) -> bytes:
     return data
 
 
+def _loose_item(storage: Storage, uri: str, decode: DecodeSettings) -> RawItem:
+    if not is_image(uri):
+        reason = f"skipped: not an image, tar or video ({_extension(posixpath.basename(uri))})"
+        return RawItem(uri, None, None, reason, status="skipped")
+    try:
+        return RawItem(uri, None, _read_capped(storage, uri, decode.max_file_bytes))
+    except TransientStorageError:
+        raise
+    except (StorageError, OSError, ValueError) as exc:
+        return RawItem(uri, None, None, f"read failed: {exc}", status="error")
+
+
 def iter_unit_items(storage: Storage, unit: WorkUnit, decode: DecodeSettings) -> Iterator[RawItem]:
-    """Yield every input of ``unit``; failures become items with ``error`` set, never exceptions."""
+    """Yield every input of ``unit``: per-input failures become items with ``error`` set; a
+    :class:`TransientStorageError` propagates (the unit fails whole, a re-run retries it)."""
     for uri in unit.files:
-        try:
-            yield RawItem(uri, None, _read_capped(storage, uri, decode.max_file_bytes))
-        except (StorageError, OSError, ValueError) as exc:
-            yield RawItem(uri, None, None, f"read failed: {exc}")
+        yield _loose_item(storage, uri, decode)
     if unit.tar is not None:
         yield from _iter_tar(storage, unit.tar, decode)
 
 
+def _skip_reason(member: tarfile.TarInfo) -> str | None:
+    """Why a (non-directory) tar member is not scored, or None if it is an image file to read."""
+    if member.issym():
+        return "skipped: symbolic link in tar"
+    if member.islnk():
+        return "skipped: hard link in tar"
+    if not member.isfile():
+        return "skipped: device or FIFO entry in tar"
+    if not is_image(member.name):
+        return f"skipped: not an image ({_extension(member.name)})"
+    return None
+
+
+def _member_item(uri: str, tar: tarfile.TarFile, member: tarfile.TarInfo, index: int, limit: int) -> RawItem:
+    reason = _skip_reason(member)
+    if reason is not None:
+        return RawItem(uri, member.name, None, reason, index, "skipped")
+    if member.size > limit:
+        return RawItem(uri, member.name, None, f"member larger than decode.max_file_bytes={limit}", index, "error")
+    extracted = tar.extractfile(member)
+    return RawItem(uri, member.name, extracted.read() if extracted else b"", member_index=index)
+
+
 def _iter_tar(storage: Storage, uri: str, decode: DecodeSettings) -> Iterator[RawItem]:
+    """Stream a shard's members in order; directories give no item, everything else one."""
     seen = 0
     try:
         with storage.open_read(uri) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile() or not is_image(member.name):
-                    continue  # directories, links, devices and non-images are not inputs
-                seen += 1
-                if member.size > decode.max_file_bytes:
-                    yield RawItem(uri, member.name, None,
-                                  f"member larger than decode.max_file_bytes={decode.max_file_bytes}")
-                    continue
-                extracted = tar.extractfile(member)
-                yield RawItem(uri, member.name, extracted.read() if extracted else b"")
+            for index, member in enumerate(tar):
+                seen = index + 1
+                if not member.isdir():
+                    yield _member_item(uri, tar, member, index, decode.max_file_bytes)
+    except TransientStorageError:
+        raise
     except (tarfile.TarError, OSError, EOFError, StorageError) as exc:
-        yield RawItem(uri, None, None, f"tar shard unreadable after {seen} members: {type(exc).__name__}: {exc}")
+        yield RawItem(uri, None, None, f"tar shard unreadable after {seen} members: {type(exc).__name__}: {exc}",
+                      status="error")

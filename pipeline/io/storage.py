@@ -2,29 +2,185 @@
 
 Writes are atomic: a reader sees the old object or the new one, never half of one. On a
 local disk that is a temporary file and ``os.replace``; an S3 PUT is atomic by itself.
+
+Failures: every exception from a filesystem becomes a one-line :class:`StorageError` naming
+the URI. Transient ones (connection refused/reset/timed out, HTTP 5xx, throttling) are retried
+here and become :class:`TransientStorageError` once the attempts run out; permanent ones
+(missing, forbidden, any local-disk error but ``EINTR``/``EAGAIN``) are raised at once.
+
+Retry budget: :meth:`Storage._call` is the only retry loop. botocore's retries are off
+(``total_max_attempts=1``) and s3fs's own loop makes one try, so an operation sends at most
+``storage.max_attempts`` requests, a stalled one abandoned after ``storage.connect_timeout_s``
+(connecting) or :data:`READ_TIMEOUT_S` (waiting for data), with
+``sum(min(8, 0.5 * 2**i) for i in range(max_attempts - 1))`` seconds of sleep at most between
+them: 1.5 s for the default 3 attempts, 127.5 s for the maximum of 20.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import functools
+import http.client
 import os
 import posixpath
+import random
+import stat
 import tempfile
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any, TypeVar
 
 import fsspec
+from fsspec.exceptions import FSTimeoutError
 
 from pipeline.config import StorageSettings
+
+T = TypeVar("T")
+
+READ_TIMEOUT_S = 30.0
+REMOTE_BLOCK_BYTES = 50 * 2**20  # one ranged GET per block when reading an object through open_read
+BACKOFF_FIRST_S = 0.5
+BACKOFF_CAP_S = 8.0
+_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+_LOCAL_TRANSIENT_ERRNOS = (errno.EINTR, errno.EAGAIN)
+_THROTTLING_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "TooManyRequestsException",
+                               "RequestLimitExceeded", "RequestThrottled", "RequestTimeout", "ServiceUnavailable",
+                               "InternalError"})
+_FILE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+               (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
 
 
 class StorageError(RuntimeError):
     """Storage cannot be reached or an object is missing; the message names the URI/setting."""
 
 
+class TransientStorageError(StorageError):
+    """Storage kept failing in a way that may pass (outage, throttling): the input itself may be fine,
+    so the work that needed it should fail whole and be retried by a re-run, not recorded as bad input."""
+
+
 def join(base: str, *parts: str) -> str:
     """Join URI parts with '/', keeping the scheme of ``base``."""
     return posixpath.join(base.rstrip("/"), *parts)
+
+
+def backoff_s(attempt: int) -> float:
+    """Sleep after failed attempt ``attempt`` (1-based): doubling from 0.5 s, capped at 8 s, jittered down
+    to half so workers that failed together do not retry together."""
+    return min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+@functools.cache
+def _single_try_s3() -> type:
+    """s3fs with its own retry loop down to one try (a class attribute, hence the subclass)."""
+    from s3fs import S3FileSystem
+
+    class SingleTryS3FileSystem(S3FileSystem):
+        retries = 5
+
+    return SingleTryS3FileSystem
+
+
+@functools.cache
+def _transient_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "the service did not answer properly this time"."""
+    import aiohttp
+    from botocore import exceptions as bce
+    from botocore.parsers import ResponseParserError  # garbled answers, as under throttling
+
+    return (OSError, FSTimeoutError, asyncio.TimeoutError, http.client.HTTPException, aiohttp.ClientError,
+            bce.ConnectionError, bce.HTTPClientError, bce.IncompleteReadError, ResponseParserError)
+
+
+def _client_error_response(exc: BaseException) -> dict[str, Any] | None:
+    """The HTTP response of the botocore ClientError behind ``exc`` (s3fs re-raises those as OSError
+    subclasses with the original as ``__cause__``)."""
+    for _ in range(4):
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict):
+            return response
+        if exc.__cause__ is None:
+            return None
+        exc = exc.__cause__
+    return None
+
+
+def _is_transient_remote(exc: BaseException) -> bool:
+    response = _client_error_response(exc)
+    if response is not None:
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or status == 429 or response.get("Error", {}).get("Code") in _THROTTLING_CODES
+    if isinstance(exc, _PERMANENT_OS_ERRORS):
+        return False
+    return isinstance(exc, _transient_types())
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+
+
+def _require_regular(uri: str, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "special file")
+        raise StorageError(f"{uri}: not a regular file ({kind})")
+
+
+def _open_local(uri: str, path: str) -> IO[bytes]:
+    """Open a regular file for reading; anything else is refused before it is opened (opening a FIFO
+    blocks until a writer comes, opening a device may act on it). The non-blocking open and second
+    check cover a file swapped for a FIFO between the two."""
+    _require_regular(uri, os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        _require_regular(uri, os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _write_local(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{uuid.uuid4().hex[:8]}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _nearest_existing(path: str) -> str:
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+class _Reader:
+    """A file open for reading whose ``read`` goes through :meth:`Storage._call`: a transient failure
+    half-way through an object is retried, then raised as :class:`TransientStorageError`. A failed
+    fsspec read leaves the position where it was, so the retry reads the same bytes."""
+
+    def __init__(self, storage: Storage, uri: str, fh: IO[bytes]):
+        self._storage, self._fh, self.name = storage, fh, uri
+
+    def read(self, size: int = -1) -> bytes:
+        return self._storage._call(self.name, self._fh.read, size)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._fh, attr)
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._fh.close()
 
 
 @dataclass(frozen=True)
@@ -36,16 +192,15 @@ class Storage:
     def _fs_for(self, uri: str) -> tuple[Any, str]:
         if uri.startswith("s3://"):
             s = self.settings
-            fs = fsspec.filesystem(
-                "s3",
+            fs = _single_try_s3()(
                 key=s.key,
                 secret=s.secret,
                 client_kwargs={k: v for k, v in {"endpoint_url": s.endpoint_url, "region_name": s.region}.items()
                                if v},
                 config_kwargs={
                     "connect_timeout": s.connect_timeout_s,
-                    "read_timeout": max(30.0, s.connect_timeout_s),
-                    "retries": {"max_attempts": s.max_attempts, "mode": "standard"},
+                    "read_timeout": max(READ_TIMEOUT_S, s.connect_timeout_s),
+                    "retries": {"total_max_attempts": 1, "mode": "standard"},
                 },
                 skip_instance_cache=False,
             )
@@ -67,65 +222,94 @@ class Storage:
         fs, path = self._fs_for(uri)
         return self._call(uri, fs.exists, path)
 
+    def size(self, uri: str) -> int:
+        """Bytes in the object at ``uri`` (a local path must be a regular file)."""
+        fs, path = self._fs_for(uri)
+        if self.is_remote(uri):
+            return int(self._call(uri, fs.size, path))
+        st = self._call(uri, os.stat, path)
+        _require_regular(uri, st.st_mode)
+        return st.st_size
+
     def read_bytes(self, uri: str) -> bytes:
         fs, path = self._fs_for(uri)
-        return self._call(uri, fs.cat_file, path)
+        if self.is_remote(uri):
+            return self._call(uri, fs.cat_file, path)
+        with self.open_read(uri) as fh:
+            return fh.read()
 
-    def open_read(self, uri: str):
+    def open_read(self, uri: str) -> _Reader:
+        """A binary file object (read, seek, tell; a context manager) over the object at ``uri``."""
         fs, path = self._fs_for(uri)
-        return self._call(uri, fs.open, path, "rb")
+        if self.is_remote(uri):
+            fh = self._call(uri, fs.open, path, "rb", block_size=REMOTE_BLOCK_BYTES)
+        else:
+            fh = self._call(uri, _open_local, uri, path)
+        return _Reader(self, uri, fh)
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         fs, path = self._fs_for(uri)
         if self.is_remote(uri):
             self._call(uri, fs.pipe_file, path, data)
-            return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{uuid.uuid4().hex[:8]}.")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        else:
+            self._call(uri, _write_local, path, data)
 
     def list_files(self, uri: str) -> list[str]:
-        """All files under ``uri`` (recursive), as URIs of the same scheme, sorted."""
+        """All files under ``uri`` (recursive), as URIs of the same scheme, sorted. Local FIFOs, sockets
+        and devices are listed too (reading them raises), so they can be reported rather than lost."""
         fs, path = self._fs_for(uri)
+        if self._call(uri, fs.isdir, path):  # isdir first: s3fs's exists() of a bucket says False on any error
+            prefix = "s3://" if self.is_remote(uri) else ""
+            return sorted(prefix + p for p in self._call(uri, fs.find, path))
         if not self._call(uri, fs.exists, path):
             raise StorageError(f"{uri}: no such file, folder or prefix")
-        if not self._call(uri, fs.isdir, path):
-            return [uri]
-        found = self._call(uri, fs.find, path)
-        prefix = "s3://" if self.is_remote(uri) else ""
-        return sorted(prefix + p for p in found)
+        return [uri]
 
     def check_reachable(self, uri: str, setting: str) -> None:
         """Fail fast, naming ``setting``, when the storage behind ``uri`` does not answer."""
         fs, path = self._fs_for(uri)
         try:
             if self.is_remote(uri):
-                bucket = path.split("/", 1)[0]
-                fs.ls(bucket, refresh=True)
-            else:
-                parent = path
-                while not os.path.exists(parent):
-                    parent = os.path.dirname(parent)
-                if not os.access(parent, os.W_OK | os.R_OK):
-                    raise PermissionError(f"no read/write access to {parent}")
-        except Exception as exc:  # noqa: BLE001 - any failure here means "cannot use this storage"
+                self._call(uri, fs.ls, path.split("/", 1)[0], refresh=True)
+                return
+            parent = _nearest_existing(path)
+            if not os.access(parent, os.W_OK | os.R_OK):
+                raise StorageError(f"no read/write access to {parent}")
+        except StorageError as exc:
             where = f" (storage.endpoint_url={self.settings.endpoint_url})" if self.is_remote(uri) else ""
-            raise StorageError(f"{setting}={uri}: storage unreachable{where}: {type(exc).__name__}: {exc}") from exc
+            raise StorageError(f"{setting}={uri}: storage unreachable{where}: {exc}") from exc
 
-    @staticmethod
-    def _call(uri: str, fn, *args):
-        try:
-            return fn(*args)
-        except FileNotFoundError as exc:
-            raise StorageError(f"{uri}: not found") from exc
-        except StorageError:
-            raise
-        except OSError as exc:
-            raise StorageError(f"{uri}: {type(exc).__name__}: {exc}") from exc
+    def check_writable_folder(self, uri: str, setting: str) -> None:
+        """:meth:`check_reachable`, and refuse a local ``uri`` that is, or lies under, an existing file
+        (outputs are folders). On S3 a key and a prefix of the same name coexist, so nothing to refuse."""
+        self.check_reachable(uri, setting)
+        if self.is_remote(uri):
+            return
+        nearest = _nearest_existing(self._fs_for(uri)[1])
+        if not os.path.isdir(nearest):
+            raise StorageError(f"{setting}={uri}: {nearest} is an existing file; {setting} must be a folder")
+
+    def _is_transient(self, uri: str, exc: BaseException) -> bool:
+        if self.is_remote(uri):
+            return _is_transient_remote(exc)
+        return isinstance(exc, OSError) and exc.errno in _LOCAL_TRANSIENT_ERRNOS
+
+    def _call(self, uri: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` with transient failures retried (see the module docstring) and every
+        failure raised as a one-line :class:`StorageError` naming ``uri``."""
+        attempts, attempt = self.settings.max_attempts, 0
+        while True:
+            attempt += 1
+            try:
+                return fn(*args, **kwargs)
+            except StorageError:
+                raise
+            except FileNotFoundError as exc:
+                raise StorageError(f"{uri}: not found") from exc
+            except Exception as exc:  # noqa: BLE001 - s3fs/botocore/aiohttp raise many unrelated types
+                if not self._is_transient(uri, exc):
+                    raise StorageError(f"{uri}: {_one_line(exc)}") from exc
+                if attempt == attempts:
+                    raise TransientStorageError(
+                        f"{uri}: storage failed {attempts} time(s), giving up: {_one_line(exc)}") from exc
+            time.sleep(backoff_s(attempt))

@@ -13,13 +13,14 @@ stride, so splitting never changes which frames are kept.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, replace
+from typing import IO
 
 import av
 import numpy as np
 
-from pipeline.io.storage import Storage
+from pipeline.io.storage import Storage, StorageError, TransientStorageError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov")
 
@@ -31,7 +32,7 @@ def is_video(name: str) -> bool:
 @dataclass(frozen=True)
 class VideoInfo:
     fps: float
-    n_frames: int  # an estimate from the container header; the last unit is open-ended anyway
+    n_frames: int  # from the container header: a hint (see probe), and the last unit is open-ended anyway
 
 
 @dataclass
@@ -42,7 +43,24 @@ class VideoFrame:
 
 
 class VideoError(ValueError):
-    """The video (or the rest of it) cannot be decoded; the message is the row's ``error``."""
+    """The video (or the rest of it) cannot be decoded; the message is the row's ``error``.
+
+    ``frame_index`` is the first frame that could not be decoded, None when the file cannot be
+    opened as a video at all: it keeps the error rows of one video apart from each other.
+    """
+
+    def __init__(self, message: str, frame_index: int | None = None):
+        super().__init__(message)
+        self.frame_index = frame_index
+
+
+def _open(fh: IO[bytes]) -> av.container.InputContainer:
+    try:
+        return av.open(fh)
+    except StorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PyAV raises many types for "not a video"
+        raise VideoError(f"not a decodable video: {type(exc).__name__}: {exc}") from exc
 
 
 def _info(container: av.container.InputContainer) -> VideoInfo:
@@ -57,14 +75,16 @@ def _info(container: av.container.InputContainer) -> VideoInfo:
 
 
 def probe(storage: Storage, uri: str) -> VideoInfo:
-    with storage.open_read(uri) as fh:
-        try:
-            with av.open(fh) as container:
-                return _info(container)
-        except VideoError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - PyAV raises many types for "not a video"
-            raise VideoError(f"not a decodable video: {type(exc).__name__}: {exc}") from exc
+    """Frame rate and the frame count to plan units for.
+
+    Header counts are a hint, not a plan: every container spends at least one byte on each frame
+    (its data, or at least its size or index entry), so the count is capped at the file's size in
+    bytes. A 23 KB file whose header claims 10^9 frames plans at most 23,000 frames of units; units
+    past the real end then yield nothing (see :func:`iter_frames`).
+    """
+    with storage.open_read(uri) as fh, _open(fh) as container:
+        info = _info(container)
+    return replace(info, n_frames=min(info.n_frames, storage.size(uri)))
 
 
 def stride_for(info: VideoInfo, stride: int, target_fps: float | None) -> int:
@@ -83,44 +103,55 @@ def frame_ranges(info: VideoInfo, frames_per_unit: int, stride: int) -> list[tup
 def iter_frames(storage: Storage, uri: str, start: int, end: int | None, stride: int) -> Iterator[VideoFrame]:
     """Decode frames with ``start <= index < end`` and keep one per stride bucket.
 
-    Raises :class:`VideoError` where decoding breaks; frames yielded before that stand.
+    Raises :class:`VideoError` where decoding breaks; frames yielded before that stand. At the end
+    of the stream only the unit whose range holds the video's real end (or unit 0, when nothing
+    decodes) checks it against the header, so a video gives at most one truncation error; a unit
+    wholly past the real end yields nothing. A :class:`TransientStorageError` propagates.
     """
-    last_bucket = None
-    last_index: int | str = "none (broken before the first frame)"
-    with storage.open_read(uri) as fh:
-        try:
-            container = av.open(fh)
-        except Exception as exc:  # noqa: BLE001
-            raise VideoError(f"not a decodable video: {type(exc).__name__}: {exc}") from exc
-        with container:
-            info = _info(container)
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            fps = info.fps
-            origin = stream.start_time or 0
-            base = float(stream.time_base)
-            if start > 0:
-                container.seek(int(origin + start / fps / base), stream=stream, backward=True)
-            decoded, seen = 0, -1
-            try:
-                for frame in container.decode(stream):
-                    t = (frame.pts - origin) * base if frame.pts is not None else decoded / fps
-                    decoded += 1
-                    index = round(t * fps)
-                    seen = max(seen, index)
-                    if index < start:
-                        continue
-                    if end is not None and index >= end:
-                        return
-                    bucket = index // stride
-                    if bucket == last_bucket:
-                        continue
-                    last_bucket = bucket
-                    last_index = index
-                    yield VideoFrame(index, t, frame.to_ndarray(format="rgb24"))
-            except av.error.FFmpegError as exc:
-                raise VideoError(f"video broken after frame {last_index}: {type(exc).__name__}: {exc}") from exc
-            # Streams cut short often end without an error: compare with what the header promised.
-            promised = info.n_frames if end is None else min(end, info.n_frames)
-            if promised and seen < promised - 1 - max(2, 0.02 * promised):
-                raise VideoError(f"video ends at frame {seen} but its header promises {promised} frames: truncated")
+    with storage.open_read(uri) as fh, _open(fh) as container:
+        info = _info(container)
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        seen = yield from _decode_range(container, stream, info.fps, start, end, stride)
+    if seen is not None:
+        _check_real_end(info, start, seen)
+
+
+def _decode_range(container: av.container.InputContainer, stream: av.video.stream.VideoStream, fps: float,
+                  start: int, end: int | None, stride: int) -> Generator[VideoFrame, None, int | None]:
+    """Yield the range's sampled frames; return the highest index decoded when the stream ended
+    before ``end`` (-1 if nothing decoded), None when the range is done."""
+    origin = stream.start_time or 0
+    base = float(stream.time_base)
+    decoded, seen, last_bucket = 0, -1, None
+    try:
+        if start > 0:
+            container.seek(int(origin + start / fps / base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            t = (frame.pts - origin) * base if frame.pts is not None else decoded / fps
+            decoded += 1
+            index = round(t * fps)
+            seen = max(seen, index)
+            if end is not None and index >= end:
+                return None
+            if index < start or index // stride == last_bucket:
+                continue
+            last_bucket = index // stride
+            yield VideoFrame(index, t, frame.to_ndarray(format="rgb24"))
+    except TransientStorageError:
+        raise
+    except (av.error.FFmpegError, StorageError) as exc:
+        first = max(seen + 1, start)
+        raise VideoError(f"video broken at frame {first}: {type(exc).__name__}: {exc}", first) from exc
+    return seen
+
+
+def _check_real_end(info: VideoInfo, start: int, seen: int) -> None:
+    """The stream ended at frame ``seen``: report it if it is this unit's to report."""
+    if start > 0 and seen < start:
+        return  # the video ended before this unit's range; the unit holding the end reports it
+    if seen < 0:
+        raise VideoError("video has no decodable frames", start)
+    promised = info.n_frames
+    if promised and seen < promised - 1 - max(2, 0.02 * promised):
+        raise VideoError(f"video ends at frame {seen} but its header promises {promised} frames: truncated", seen + 1)
