@@ -308,7 +308,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     storage = Storage(cfg.storage)
     storage.check_reachable(cfg.input, "input")
-    storage.check_reachable(cfg.output, "output")
+    storage.check_writable_folder(cfg.output, "output")
     tracking_uri = check_tracking(cfg.tracking)
     model = resolve_model(storage, cfg)
     _warn_about_model(model, cfg)

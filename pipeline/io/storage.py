@@ -9,11 +9,12 @@ here and become :class:`TransientStorageError` once the attempts run out; perman
 (missing, forbidden, any local-disk error but ``EINTR``/``EAGAIN``) are raised at once.
 
 Retry budget: :meth:`Storage._call` is the only retry loop. botocore's retries are off
-(``total_max_attempts=1``) and s3fs's own loop makes one try, so an operation sends at most
-``storage.max_attempts`` requests, a stalled one abandoned after ``storage.connect_timeout_s``
-(connecting) or :data:`READ_TIMEOUT_S` (waiting for data), with
-``sum(min(8, 0.5 * 2**i) for i in range(max_attempts - 1))`` seconds of sleep at most between
-them: 1.5 s for the default 3 attempts, 127.5 s for the maximum of 20.
+(``total_max_attempts=1``) and s3fs's own loop makes one try (pausing 0.1 s after a retryable
+failure), so each storage call (an s3fs operation, or one ``read`` of an open object) is tried at
+most ``storage.max_attempts`` times; a stalled try is abandoned after ``storage.connect_timeout_s``
+(connecting) or :data:`READ_TIMEOUT_S` (waiting for data), and the sleeps between tries add up to
+at most ``sum(min(8, 0.5 * 2**i) for i in range(max_attempts - 1))`` seconds: 1.5 s for the
+default 3 attempts, 127.5 s for the maximum of 20.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def _single_try_s3() -> type:
     from s3fs import S3FileSystem
 
     class SingleTryS3FileSystem(S3FileSystem):
-        retries = 5
+        retries = 1
 
     return SingleTryS3FileSystem
 

@@ -32,7 +32,7 @@ def is_video(name: str) -> bool:
 @dataclass(frozen=True)
 class VideoInfo:
     fps: float
-    n_frames: int  # from the container header: a hint (see probe), and the last unit is open-ended anyway
+    n_frames: int  # the header's count, a hint (probe caps it, see there); the last unit is open-ended anyway
 
 
 @dataclass

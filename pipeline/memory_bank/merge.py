@@ -23,7 +23,6 @@ import torch
 
 from pipeline.memory_bank.coreset import greedy_kcenter, project, random_projection
 from pipeline.memory_bank.device_coreset import greedy_kcenter_torch
-from pipeline.memory_bank.index import split_rows
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -70,11 +69,11 @@ def merge_tree(parts: list[np.ndarray], k: int, max_vectors: int, oversample: fl
     rounds = 0
     while len(union) > max_vectors:
         n = len(union)
-        chunks = split_rows(n, max_vectors)
+        chunks = np.array_split(union, math.ceil(n / max_vectors))  # contiguous, near-equal sizes
         factor = min(float(len(chunks)), oversample)
         if k * factor > 0.75 * n:  # over-sampling would barely shrink the union: take plain shares
             factor = 1.0
-        jobs = [(union[a:b], min(b - a, math.ceil(k * factor * (b - a) / n))) for a, b in chunks]
+        jobs = [(c, min(len(c), math.ceil(k * factor * len(c) / n))) for c in chunks]
         union = np.concatenate(reduce_many(jobs))
         rounds += 1
         if len(union) >= n:
