@@ -26,6 +26,7 @@ from pipeline.config import ConfigError, FitConfig
 from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder
 from pipeline.errors import RunIncomplete, SetupError
 from pipeline.io.batches import iter_batches
+from pipeline.io.prefetch import prefetched, to_device
 from pipeline.io.sources import Listing, WorkUnit, list_inputs, plan_units, plan_video_units, stable_hash
 from pipeline.io.storage import Storage, join
 from pipeline.memory_bank import index as bank_index
@@ -44,7 +45,14 @@ from pipeline.memory_bank.index import ShardedIndex
 from pipeline.memory_bank.knn import build_knn
 from pipeline.memory_bank.merge import merge_tree, reduce_rows, select_coreset
 from pipeline.progress import Progress
-from pipeline.runtime import WorkerPool, fitting_workers, init_ray, setup_worker_threads, start_error_line
+from pipeline.runtime import (
+    WorkerPool,
+    decode_threads,
+    fitting_workers,
+    init_ray,
+    setup_worker_threads,
+    start_error_line,
+)
 from pipeline.tracking import check_tracking, flatten, start_run
 
 log = logging.getLogger(__name__)
@@ -65,6 +73,7 @@ class FitWorker:
         self.cfg = cfg
         self.storage = Storage(cfg.storage)
         self.device = setup_worker_threads(cfg.runtime)
+        self.threads = decode_threads(cfg.runtime)
         self.embedder, self.weights_fingerprint = build_embedder(cfg.patchcore, self.storage, self.device)
         pc = cfg.patchcore
         self.projection = random_projection(pc.embed_dim, pc.coreset_projection_dim, pc.seed)
@@ -76,11 +85,12 @@ class FitWorker:
         pc = self.cfg.patchcore
         start = time.perf_counter()
         chunks, errors, n_images, grid = [], [], 0, None
-        for batch in iter_batches(self.storage, unit, self.cfg.decode, pc.image_size, pc.batch_size):
+        batches = iter_batches(self.storage, unit, self.cfg.decode, pc.image_size, pc.batch_size, self.threads)
+        for batch in prefetched(batches):  # the next batch decodes while this one is embedded
             errors += [(f.source_uri, f.member, f.error) for f in batch.failed if f.status == "error"]
             if batch.tensor is None:
                 continue
-            feats, grid = self.embedder(batch.tensor.to(self.device, non_blocking=True))
+            feats, grid = self.embedder(to_device(batch.tensor, self.device))
             chunks.append(feats.reshape(-1, feats.shape[-1]))  # stays on the device
             n_images += len(batch.items)
         features_s = time.perf_counter() - start
@@ -102,7 +112,7 @@ class FitWorker:
         scores: list[float] = []
         for unit in units:
             for batch in iter_batches(self.storage, unit, self.cfg.decode, meta.image_size,
-                                      self.cfg.patchcore.batch_size):
+                                      self.cfg.patchcore.batch_size, self.threads):
                 if batch.tensor is not None:
                     scores += detector.score(batch.tensor).scores.tolist()
         return scores

@@ -250,6 +250,11 @@ class WorkerPool:
         self._all, self.ready, self._starting = [], [], {}
 
 
+def decode_threads(settings: RuntimeSettings) -> int:
+    """Threads a worker decodes with: its CPU share (a GPU worker takes the node's cores for this)."""
+    return max(1, int(settings.num_cpus_per_worker))
+
+
 def setup_worker_threads(settings: RuntimeSettings) -> str:
     """Size torch's thread pool to the worker's CPU share; return the torch device to use."""
     import torch

@@ -30,6 +30,7 @@ from pipeline.features.preprocess import to_input_tensor
 from pipeline.io import heatmaps, sinks
 from pipeline.io.batches import Decoded, Failed, iter_batches
 from pipeline.io.decode import decode_image
+from pipeline.io.prefetch import prefetched, to_device
 from pipeline.io.sources import (
     Listing,
     WorkUnit,
@@ -42,7 +43,14 @@ from pipeline.io.sources import (
 from pipeline.io.storage import Storage, StorageError, join
 from pipeline.memory_bank.bank import load_metadata, resolve_bank_uri
 from pipeline.progress import Progress
-from pipeline.runtime import WorkerPool, fitting_workers, init_ray, setup_worker_threads, start_error_line
+from pipeline.runtime import (
+    WorkerPool,
+    decode_threads,
+    fitting_workers,
+    init_ray,
+    setup_worker_threads,
+    start_error_line,
+)
 from pipeline.tracking import check_tracking, flatten, start_run
 from pipeline.video_summary import read_rows, summarize_videos
 
@@ -114,8 +122,9 @@ class ScoreWorker:
     def __init__(self, cfg: ScoreConfig, run_id: str, model: ModelRef):
         self.cfg, self.run_id = cfg, run_id
         self.storage = Storage(cfg.storage)
-        device = setup_worker_threads(cfg.runtime)
-        self.detector = load_detector(cfg, self.storage, model, device)
+        self.device = setup_worker_threads(cfg.runtime)
+        self.threads = decode_threads(cfg.runtime)
+        self.detector = load_detector(cfg, self.storage, model, self.device)
         self.threshold = cfg.threshold if cfg.threshold is not None else self.detector.threshold
 
     def ready(self) -> str:
@@ -131,12 +140,13 @@ class ScoreWorker:
             rows = self._score_clip_unit(unit)
             return self._finish(unit, rows)
         rows: list[dict[str, Any]] = []
-        for batch in iter_batches(self.storage, unit, cfg.decode, det.image_size, cfg.batch_size):
+        batches = iter_batches(self.storage, unit, cfg.decode, det.image_size, cfg.batch_size, self.threads)
+        for batch in prefetched(batches):  # the next batch decodes while this one is scored
             rows += [self._error_row(unit, f) for f in batch.failed]
             if batch.tensor is None:
                 continue
             start = time.perf_counter()
-            result = det.score(batch.tensor)
+            result = det.score(to_device(batch.tensor, self.device))
             per_image_ms = (time.perf_counter() - start) * 1e3 / len(batch.items)
             for i, item in enumerate(batch.items):
                 score = float(result.scores[i])
@@ -173,7 +183,7 @@ class ScoreWorker:
         span = WorkUnit(unit.unit_id, video=unit.video, frame_start=lead, frame_end=unit.frame_end,
                         frame_stride=unit.frame_stride)
         items, failed = [], []
-        for batch in iter_batches(self.storage, span, cfg.decode, det.image_size, cfg.batch_size):
+        for batch in iter_batches(self.storage, span, cfg.decode, det.image_size, cfg.batch_size, self.threads):
             failed += batch.failed
             if batch.tensor is not None:
                 items += list(zip(batch.items, batch.tensor, strict=True))

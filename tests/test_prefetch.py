@@ -70,3 +70,30 @@ def test_closing_early_stops_the_producer():
     count = len(produced)
     time.sleep(0.2)
     assert len(produced) == count < 10
+
+
+def test_threaded_batches_equal_sequential_batches(dataset, tmp_path):
+    """Decoding a unit on several threads gives the same batches, rows and failures, in the same order."""
+    import torch
+
+    from pipeline.config import DecodeSettings, StorageSettings
+    from pipeline.demo_data import make_archive
+    from pipeline.io.batches import iter_batches
+    from pipeline.io.sources import list_inputs, plan_units
+    from pipeline.io.storage import Storage
+
+    storage = Storage(StorageSettings())
+    archive = make_archive(dataset, tmp_path / "archive")
+    units, _ = plan_units(list_inputs(storage, str(archive)), 100)
+
+    def run(threads):
+        out = []
+        for unit in units:
+            for b in iter_batches(storage, unit, DecodeSettings(), 32, 3, threads):
+                items = [(i.source_uri, i.member_index) for i in b.items]
+                out.append((items, [(f.source_uri, f.status) for f in b.failed], b.tensor))
+        return out
+
+    one, three = run(1), run(3)
+    assert [x[:2] for x in one] == [x[:2] for x in three] and sum(len(x[1]) for x in one) >= 3
+    assert all((a is None and b is None) or torch.equal(a, b) for (_, _, a), (_, _, b) in zip(one, three, strict=True))

@@ -12,7 +12,8 @@ import torch
 from pipeline.config import DecodeSettings
 from pipeline.features.preprocess import to_input_tensor
 from pipeline.io.decode import DecodeError, decode_image
-from pipeline.io.sources import WorkUnit, iter_unit_items
+from pipeline.io.prefetch import ordered_map
+from pipeline.io.sources import RawItem, WorkUnit, iter_unit_items
 from pipeline.io.storage import Storage, StorageError, TransientStorageError
 from pipeline.io.video import VideoError, iter_frames
 
@@ -62,35 +63,44 @@ def _iter_video(storage: Storage, unit: WorkUnit) -> Iterator[Decoded | Failed]:
         yield Failed(unit.video, None, str(exc))
 
 
-def _iter_decoded(storage: Storage, unit: WorkUnit, decode: DecodeSettings) -> Iterator[Decoded | Failed]:
-    """Decoded inputs and failures; a :class:`TransientStorageError` propagates (the unit fails whole)."""
+def _decode_raw(raw: RawItem, decode: DecodeSettings) -> Decoded | Failed:
+    if raw.status != "ok":
+        return Failed(raw.source_uri, raw.member, raw.error or raw.status, member_index=raw.member_index,
+                      status=raw.status)
+    start = time.perf_counter()
+    try:
+        rgb = decode_image(raw.data, decode.max_pixels)
+    except DecodeError as exc:
+        return Failed(raw.source_uri, raw.member, str(exc), member_index=raw.member_index)
+    return Decoded(raw.source_uri, raw.member, rgb, (time.perf_counter() - start) * 1e3,
+                   member_index=raw.member_index)
+
+
+def _iter_decoded(storage: Storage, unit: WorkUnit, decode: DecodeSettings, threads: int = 1
+                  ) -> Iterator[Decoded | Failed]:
+    """Decoded inputs and failures, in input order; a :class:`TransientStorageError` propagates (the
+    unit fails whole). Images decode on ``threads`` threads; reading stays sequential."""
     if unit.video is not None:
-        yield from _iter_video(storage, unit)
-        return
-    for raw in iter_unit_items(storage, unit, decode):
-        if raw.status != "ok":
-            yield Failed(raw.source_uri, raw.member, raw.error or raw.status, member_index=raw.member_index,
-                         status=raw.status)
-            continue
-        start = time.perf_counter()
-        try:
-            rgb = decode_image(raw.data, decode.max_pixels)
-        except DecodeError as exc:
-            yield Failed(raw.source_uri, raw.member, str(exc), member_index=raw.member_index)
-            continue
-        yield Decoded(raw.source_uri, raw.member, rgb, (time.perf_counter() - start) * 1e3,
-                      member_index=raw.member_index)
+        return _iter_video(storage, unit)
+    return ordered_map(lambda raw: _decode_raw(raw, decode), iter_unit_items(storage, unit, decode), threads)
 
 
-def iter_batches(storage: Storage, unit: WorkUnit, decode: DecodeSettings, size: int, batch_size: int
-                 ) -> Iterator[Batch]:
-    """Batches of decoded inputs (images, tar members or sampled video frames) as model tensors."""
+def _with_tensor(item: Decoded | Failed, size: int) -> tuple[Decoded | Failed, torch.Tensor | None]:
+    return item, (to_input_tensor(item.rgb, size) if isinstance(item, Decoded) else None)
+
+
+def iter_batches(storage: Storage, unit: WorkUnit, decode: DecodeSettings, size: int, batch_size: int,
+                 threads: int = 1) -> Iterator[Batch]:
+    """Batches of decoded inputs (images, tar members or sampled video frames) as model tensors.
+    Decoding and resizing run on ``threads`` threads (the worker's CPU share)."""
     batch, tensors = Batch(), []
-    for item in _iter_decoded(storage, unit, decode):
+    prepared = ordered_map(lambda item: _with_tensor(item, size), _iter_decoded(storage, unit, decode, threads),
+                           threads)
+    for item, tensor in prepared:
         if isinstance(item, Failed):
             batch.failed.append(item)
             continue
-        tensors.append(to_input_tensor(item.rgb, size))
+        tensors.append(tensor)
         batch.items.append(item)
         if len(batch.items) == batch_size:
             batch.tensor = torch.stack(tensors)
