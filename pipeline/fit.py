@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 import numpy as np
-import ray
 import torch
 
 from pipeline.config import ConfigError, FitConfig
@@ -106,6 +105,12 @@ class FitWorker:
                 "n_patches": len(features), "errors": errors, "grid": grid, "features_s": features_s,
                 "coreset_s": time.perf_counter() - start}
 
+    def reduce(self, _index: int, vectors: np.ndarray, budget: int) -> np.ndarray:
+        """One merge step on this worker's device: the ``budget`` rows of ``vectors`` a coreset keeps."""
+        pc = self.cfg.patchcore
+        return reduce_rows(vectors, budget, pc.embed_dim, pc.coreset_projection_dim, pc.seed, pc.coreset_engine,
+                           pc.coreset_dtype)
+
     def calibration_scores(self, units: list[WorkUnit], vectors: np.ndarray, meta: BankMetadata) -> list[float]:
         index = ShardedIndex([bank_index.build_index(vectors, meta.index_dtype)])
         detector = PatchCoreDetector(self.embedder, build_knn(index, "auto", self.device), meta, self.device)
@@ -118,19 +123,21 @@ class FitWorker:
         return scores
 
 
-def _merge_runner(cfg: FitConfig):
-    """How merge steps run: as Ray tasks that ask for a GPU when the workers have one (a cluster's
-    driver usually has none) or when a round has several chunks to reduce in parallel; a single
-    CPU step runs here on the driver (no task start-up to pay)."""
-    pc, rt = cfg.patchcore, cfg.runtime
+def _merge_runner(cfg: FitConfig, pool: WorkerPool):
+    """How merge steps run: on the fit workers (which hold the GPUs, if any) when they have GPUs or
+    a round has several chunks to reduce in parallel; a single CPU step runs here on the driver."""
+    pc = cfg.patchcore
     args = (pc.embed_dim, pc.coreset_projection_dim, pc.seed, pc.coreset_engine, pc.coreset_dtype)
 
     def run(jobs: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
-        if rt.num_gpus_per_worker == 0 and len(jobs) == 1:
+        if cfg.runtime.num_gpus_per_worker == 0 and len(jobs) == 1:
             return [reduce_rows(x, budget, *args) for x, budget in jobs]
-        task = ray.remote(reduce_rows).options(num_cpus=rt.num_cpus_per_worker,
-                                               num_gpus=1 if rt.num_gpus_per_worker > 0 else 0)
-        return ray.get([task.remote(x, budget, *args) for x, budget in jobs])
+        out: list[np.ndarray | None] = [None] * len(jobs)
+        for i, rows, exc in pool.map("reduce", list(range(len(jobs))), extra=lambda i: jobs[i]):
+            if exc is not None:
+                raise RunIncomplete(f"coreset merge step failed ({start_error_line(exc)}); no bank was published")
+            out[i] = rows
+        return out
 
     return run
 
@@ -240,7 +247,7 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
     parts = ([parent_vectors] if parent is not None else []) + coresets
     del coresets
     k = min(sum(len(p) for p in parts), math.ceil(pc.coreset_ratio * total_patches))
-    union, merge_rounds = merge_tree(parts, k, pc.merge_max_vectors, pc.local_oversample, _merge_runner(cfg))
+    union, merge_rounds = merge_tree(parts, k, pc.merge_max_vectors, pc.local_oversample, _merge_runner(cfg, pool))
     merge_s = time.perf_counter() - t2
 
     lineage = (parent.lineage if parent else []) + [LineageEntry(

@@ -104,3 +104,13 @@ def test_resume_refuses_a_different_input(fitted, dataset, tmp_path):
     run_score(score_cfg(work, archive, tracking, run_name="once", heatmaps="none"))
     with pytest.raises(ConfigError, match="run_name=once.*input"):
         run_score(score_cfg(work, dataset / "test", tracking, run_name="once"))
+
+
+def test_fit_merges_shard_coresets_in_rounds_on_the_workers(ray_runtime, dataset, tmp_path):
+    """A union of shard coresets larger than merge_max_vectors is merged in rounds, on the worker pool."""
+    fit = run_fit(FitConfig.model_validate({
+        "normal": str(dataset / "train" / "good"), "bank": str(tmp_path / "bank"),
+        "patchcore": small_patchcore(merge_max_vectors=100, calibration_fraction=0), "runtime": {"workers": 2},
+        "tracking": {"enabled": False}}))
+    assert fit["n_feature_shards"] == 2 and fit["coreset_merge_rounds"] >= 2
+    assert fit["n_bank"] == round(0.1 * 12 * 64 + 0.5)
