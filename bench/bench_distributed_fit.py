@@ -83,6 +83,7 @@ def quality(data: Path, n_images: int, size: int) -> list[str]:
     from pipeline.memory_bank.bank import BankMetadata
     from pipeline.memory_bank.coreset import covering_radius, greedy_kcenter, project, random_projection
     from pipeline.memory_bank.index import ShardedIndex, build_index
+    from pipeline.memory_bank.knn import build_knn
     from pipeline.metrics import roc_auc
 
     cfg = FitConfig.model_validate({"normal": str(subset(data, n_images)), "bank": str(WORK / "unused"),
@@ -130,7 +131,7 @@ def quality(data: Path, n_images: int, size: int) -> list[str]:
     radius_single = covering_radius(x, x[single])
     auroc_single = None
     for name, idx in banks.items():
-        det = PatchCoreDetector(worker.embedder, ShardedIndex([build_index(x[idx])]), meta)
+        det = PatchCoreDetector(worker.embedder, build_knn(ShardedIndex([build_index(x[idx])]), "faiss", "cpu"), meta)
         scores = np.concatenate([det.score(b.tensor).scores for b in iter_batches(worker.storage, test_unit,
                                                                                     cfg.decode, size, 32)])
         auroc = roc_auc(labels, scores)

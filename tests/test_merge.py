@@ -66,3 +66,10 @@ def test_merge_tree_stops_when_k_exceeds_the_limit():
     sizes: list[int] = []
     merged, _ = merge_tree(parts, 500, 400, 4.0, recording(sizes))
     assert len(merged) == 500  # the last step reduces more than the limit: k alone exceeds it
+
+
+def test_a_union_no_larger_than_k_is_kept_as_it_is():
+    parts = [clustered(np.random.default_rng(2), 300, 8) for _ in range(3)]
+    sizes: list[int] = []
+    merged, rounds = merge_tree(parts, 900, 100, 4.0, recording(sizes))
+    assert rounds == 0 and sizes == [] and np.array_equal(merged, np.concatenate(parts))

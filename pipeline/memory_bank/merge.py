@@ -67,7 +67,7 @@ def merge_tree(parts: list[np.ndarray], k: int, max_vectors: int, oversample: fl
     """
     union = np.concatenate(parts)
     rounds = 0
-    while len(union) > max_vectors:
+    while k < len(union) > max_vectors:
         n = len(union)
         chunks = np.array_split(union, math.ceil(n / max_vectors))  # contiguous, near-equal sizes
         factor = min(float(len(chunks)), oversample)
