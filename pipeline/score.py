@@ -378,8 +378,8 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
         videos = _write_video_summary(storage, cfg, listing, summary)
         storage.write_bytes(join(run_uri, "summary.json"), json.dumps(summary, indent=2).encode())
     except StorageError as exc:
-        raise RunIncomplete(f"run {run_id}: rows of {len(units) - len(failed_units)} units are written but the "
-                            f"summary could not be ({exc}); re-run with --run-name {run_id} to finish") from exc
+        raise RunIncomplete(f"run {run_id}: {len(failed_units)} of {len(units)} work units failed and the summary "
+                            f"could not be written ({exc}); re-run with --run-name {run_id} to finish") from exc
     _track(cfg, storage, model, summary, videos, tracking_uri, scored_anything=bool(todo))
     return summary
 

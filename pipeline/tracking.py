@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -85,6 +86,16 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _short_reason(exc: BaseException) -> str:
+    """The gist of an MLflow client error: its OS error (``[Errno 111] Connection refused``) when it
+    has one, else its first line cut at a word boundary."""
+    text = " ".join(str(exc).split())
+    found = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
+    if found:
+        return found.group(0).strip()
+    return text if len(text) <= 200 else text[:200].rsplit(" ", 1)[0] + " ..." or type(exc).__name__
+
+
 def check_tracking(settings: TrackingSettings) -> str | None:
     """Before any work: the MLflow store answers and the experiment is usable. Returns the store's
     URI (None when tracking is off); raises :class:`SetupError` with one line otherwise."""
@@ -101,7 +112,7 @@ def check_tracking(settings: TrackingSettings) -> str | None:
         with _environment({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}):
             mlflow.set_experiment(settings.experiment)
     except Exception as exc:  # noqa: BLE001 - any failure here means "cannot track this run"
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        reason = _short_reason(exc)
         raise SetupError(f"tracking.tracking_uri={uri}: MLflow store unreachable or unusable: {reason} "
                          f"(or run with --no-tracking)") from exc
     return uri

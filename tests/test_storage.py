@@ -315,3 +315,39 @@ def test_an_outage_mid_video_fails_the_unit(moto, relay, tmp_path, monkeypatch):
         list(items)  # not an error row: the unit fails whole and a re-run retries it
     with pytest.raises(TransientStorageError):
         list(_iter_decoded(storage, unit, DecodeSettings()))  # fails in PyAV's first read, not "not a video"
+
+
+def test_a_write_to_an_endpoint_that_never_answers_gives_up_in_bounded_time(monkeypatch):
+    """A PUT waits for "100 Continue"; an endpoint that accepts and then says nothing must not hold it forever."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def accept_and_stay_silent():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept_and_stay_silent, daemon=True)
+    thread.start()
+    monkeypatch.setattr(storage_module, "READ_TIMEOUT_S", 1.0)
+    settings = StorageSettings(endpoint_url=f"http://127.0.0.1:{server.getsockname()[1]}", key="k", secret="s",
+                               connect_timeout_s=1, max_attempts=2)
+    start = time.monotonic()
+    try:
+        with pytest.raises(TransientStorageError):
+            Storage(settings).write_bytes("s3://bucket/part.parquet", b"x" * 1000)
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+    assert time.monotonic() - start < 10

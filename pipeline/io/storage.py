@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
 import fsspec
+import fsspec.asyn
 from fsspec.exceptions import FSTimeoutError
 
 from pipeline.config import StorageSettings
@@ -42,6 +43,7 @@ from pipeline.config import StorageSettings
 T = TypeVar("T")
 
 READ_TIMEOUT_S = 30.0
+MIN_WRITE_BYTES_PER_S = 1 << 20  # a remote write slower than this (beyond READ_TIMEOUT_S) is abandoned
 REMOTE_BLOCK_BYTES = 50 * 2**20  # one ranged GET per block when reading an object through open_read
 BACKOFF_FIRST_S = 0.5
 BACKOFF_CAP_S = 8.0
@@ -251,7 +253,10 @@ class Storage:
     def write_bytes(self, uri: str, data: bytes) -> None:
         fs, path = self._fs_for(uri)
         if self.is_remote(uri):
-            self._call(uri, fs.pipe_file, path, data)
+            # A deadline of its own: a PUT waits on "Expect: 100-continue", which the read timeout does
+            # not cover, so a stalled endpoint would otherwise hold the write (and the job) forever.
+            limit = READ_TIMEOUT_S + len(data) / MIN_WRITE_BYTES_PER_S
+            self._call(uri, fsspec.asyn.sync, fs.loop, fs._pipe_file, path, data, timeout=limit)
         else:
             self._call(uri, _write_local, path, data)
 

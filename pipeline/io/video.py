@@ -74,17 +74,29 @@ def _info(container: av.container.InputContainer) -> VideoInfo:
     return VideoInfo(fps=fps, n_frames=max(0, n))
 
 
+MIN_PLAUSIBLE_BYTES_PER_FRAME = 100  # below this average a header's frame count is checked by demuxing
+
+
 def probe(storage: Storage, uri: str) -> VideoInfo:
     """Frame rate and the frame count to plan units for.
 
-    Header counts are a hint, not a plan: every container spends at least one byte on each frame
-    (its data, or at least its size or index entry), so the count is capped at the file's size in
-    bytes. A 23 KB file whose header claims 10^9 frames plans at most 23,000 frames of units; units
-    past the real end then yield nothing (see :func:`iter_frames`).
+    Header counts are a hint, not a plan. Real compressed video spends hundreds of bytes or more on
+    an average frame; when the header claims more frames than ``size / 100`` bytes allow, the frames
+    are counted by demuxing the stream's packets (no decoding: it reads the file once, which for such
+    a file is cheap next to decoding it). A file whose 4 MB claim 10^9 frames is planned from what it
+    holds. Units past the real end yield nothing anyway (see :func:`iter_frames`).
     """
+    size = storage.size(uri)
     with storage.open_read(uri) as fh, _open(fh) as container:
         info = _info(container)
-    return replace(info, n_frames=min(info.n_frames, storage.size(uri)))
+        if info.n_frames * MIN_PLAUSIBLE_BYTES_PER_FRAME <= size:
+            return info
+        stream = container.streams.video[0]
+        try:
+            counted = sum(1 for packet in container.demux(stream) if packet.size)
+        except av.error.FFmpegError:
+            counted = min(info.n_frames, size)  # cannot count: one frame per byte at most
+    return replace(info, n_frames=counted)
 
 
 def stride_for(info: VideoInfo, stride: int, target_fps: float | None) -> int:
