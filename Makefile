@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(STAMP)
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench mutation
 setup: $(STAMP)
 
 demo: $(STAMP)
@@ -28,3 +28,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_patchcore_vs_anomalib.py
+
+# Mutation testing (slow, not in CI): mutmut mutates the modules in pyproject's [tool.mutmut] (score, fit,
+# sources, video, memory_bank) and runs the fast tests that cover them; results in mutants/, `mutmut results`.
+# OMP_NUM_THREADS=1: faiss's OpenMP pool does not survive the fork of each mutant run (it spins until the timeout).
+mutation: $(STAMP)
+	$(BIN)/pip install -q mutmut
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2
+	OMP_NUM_THREADS=1 $(BIN)/mutmut results

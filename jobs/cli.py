@@ -105,6 +105,10 @@ def _add_flag(group: argparse._ActionsContainer, model: type[BaseModel], flag: F
     if field is None:
         raise ValueError(f"{flag.name}: {model.__name__} has no setting {flag.key}")
     kind = _scalar(field.annotation)
+    if kind is bool:  # a switch: present sets True (the default is False)
+        group.add_argument(flag.name, dest=f"cfg:{flag.key}", action="store_const", const=True,
+                           help=_help(flag, field, None))
+        return
     choices = get_args(kind) if get_origin(kind) is Literal else None
     if choices:
         kind = str

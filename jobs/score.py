@@ -22,6 +22,7 @@ FLAGS = [
     Flag("--prompts", "prompts", "URI"),
     Flag("--threshold", "threshold"),
     Flag("--heatmaps", "heatmaps"),
+    Flag("--maps", "maps"),
     Flag("--frame-stride", "video.frame_stride"),
     Flag("--fps", "video.fps"),
     Flag("--images-per-unit", "images_per_unit"),

@@ -157,6 +157,9 @@ class ScoreConfig(JobConfig):
                                     description="decision threshold; default: the one calibrated at fit time")
     heatmaps: Literal["all", "anomalous", "none"] = Field(
         "all", description="images that get a heatmap (video frames: video.heatmaps)")
+    maps: bool = Field(
+        False, description="also store each raw anomaly map at the scored resolution as a float16 .npy beside its "
+                           "heatmap (column map_uri), for pixel metrics in jobs.evaluate")
     images_per_unit: int = Field(64, ge=1, le=100_000,
                                  description="images per work unit, the piece that is retried or resumed")
     batch_size: int = Field(8, ge=1, le=1024, description="images per model forward pass")
@@ -182,8 +185,13 @@ class EvaluateConfig(_Strict):
     """``jobs.evaluate``: a scored run, its per-frame labels, and how storage and MLflow are reached."""
 
     output: str = Field(min_length=1, description="the scored run's folder: OUTPUT/RUN_NAME from jobs.score")
-    labels: str = Field(min_length=1,
-                        description="CSV frame_index,label (or source,frame_index,label): path or s3:// URI")
+    labels: str | None = Field(
+        None, min_length=1,
+        description="ground truth, comma-separated if several: an MVTec AD/VisA-style folder (test/<defect>, "
+                    "ground_truth/<defect>/*_mask.png), a CSV source,label or source,frame_index,label, or a "
+                    "CSV/Parquet of per-row labels (source_uri,label); unset: a report without metrics")
+    top_k: int = Field(24, ge=0, le=500, description="most anomalous inputs shown in the report's gallery")
+    max_fpr: float = Field(0.3, gt=0, le=1, description="AUPRO integrates the PRO curve up to this false positive rate")
     storage: StorageSettings = StorageSettings()
     tracking: TrackingSettings = TrackingSettings()
 

@@ -165,10 +165,18 @@ class ScoreWorker:
                                sinks.heatmap_key(item.source_uri, item.member_index, item.frame_index) + ".png")
             scale = self.threshold or float(amap.max())
             self.storage.write_bytes(heatmap_uri, heatmaps.overlay_png(item.rgb, amap, scale))
+        map_uri = None
+        if amap is not None and cfg.maps:  # the raw map at the scored resolution, for pixel metrics
+            map_uri = join(cfg.output, self.run_id, "heatmaps", unit.unit_id,
+                           sinks.heatmap_key(item.source_uri, item.member_index, item.frame_index) + ".npy")
+            buffer = io.BytesIO()
+            np.save(buffer, np.asarray(amap, dtype=np.float16), allow_pickle=False)
+            self.storage.write_bytes(map_uri, buffer.getvalue())
         return _row(self.run_id, unit, det.name, det.version, source_uri=item.source_uri, member=item.member,
                     member_index=item.member_index, frame_index=item.frame_index, timestamp_s=item.timestamp_s,
                     width=item.rgb.shape[1], height=item.rgb.shape[0], score=score, is_anomaly=anomalous,
-                    threshold=self.threshold, heatmap_uri=heatmap_uri, status="ok", latency_ms=latency)
+                    threshold=self.threshold, heatmap_uri=heatmap_uri, status="ok", latency_ms=latency,
+                    map_uri=map_uri)
 
     def _score_clip_unit(self, unit: WorkUnit) -> list[dict[str, Any]]:
         """Sequence detectors (DMAD video) see the unit's frames as one clip, with the frames just

@@ -1,5 +1,6 @@
 """Video archives: PyAV decoding, frame-range units, broken videos, segments, frame AUC."""
 
+import itertools
 import json
 import struct
 from pathlib import Path
@@ -196,3 +197,26 @@ def test_moving_average_keeps_the_length_and_shrinks_the_window_at_the_ends():
             assert smooth.shape == (n,), (window, n)
             assert np.allclose(smooth, naive_moving_average(values, window)), (window, n)
     assert np.array_equal(moving_average(np.array([1.0, 3.0]), 9), [2.0, 2.0])
+
+
+@pytest.mark.parametrize("fps", [5, 12, 25])
+def test_splitting_a_video_never_changes_which_frames_are_scored(tmp_path, fps):
+    """Any frames_per_unit x stride (or target fps): the split units' frames are the whole-video unit's, once each."""
+    path = make_video(tmp_path / f"clip{fps}.mp4", n_frames=23, size=32, fps=fps)
+    whole_info = probe(STORAGE, str(path))
+    for per_unit in (1, 2, 3, 5, 7, 16, 40):
+        for sampling in ({"frame_stride": 1}, {"frame_stride": 2}, {"frame_stride": 3}, {"frame_stride": 5},
+                         {"fps": fps / 4}):
+            case = (fps, per_unit, sampling)
+            units = plan_video_units(STORAGE, [str(path)], VideoSettings(frames_per_unit=per_unit, **sampling))
+            stride = units[0].frame_stride
+            whole = plan_video_units(STORAGE, [str(path)], VideoSettings(frames_per_unit=10**6, **sampling))
+            assert len(whole) == 1 and whole[0].frame_end is None, case
+            reference, no_errors = run_units(whole)
+            assert [d.frame_index for d in reference] == list(range(0, 23, stride)) and not no_errors, case
+            decoded, failed = run_units(units)
+            assert not failed, case
+            assert [d.frame_index for d in decoded] == [d.frame_index for d in reference], case
+            ranges = frame_ranges(whole_info, per_unit, stride)
+            assert ranges[0][0] == 0 and ranges[-1][1] is None, case
+            assert all(a[1] == b[0] and a[1] % stride == 0 for a, b in itertools.pairwise(ranges)), case

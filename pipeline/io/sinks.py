@@ -6,6 +6,7 @@ Output layout under ``{output}/{run_id}/``::
     scores/part-{unit}.parquet  one part per work unit, every input of the unit, one row each
     _markers/{unit}.json        written after the part: the unit is complete (with its counts)
     heatmaps/{unit}/{key}.png   colour overlays, referenced by the rows' ``heatmap_uri``
+    heatmaps/{unit}/{key}.npy   raw maps (float16, ``--maps``), referenced by ``map_uri``
     summary.json                counts and timings of the whole run
 """
 
@@ -40,6 +41,7 @@ ROW_SCHEMA = pa.schema([
     ("status", pa.string()),
     ("error", pa.string()),
     ("latency_ms", pa.float32()),
+    ("map_uri", pa.string()),  # raw anomaly map, float16 .npy at the scored resolution (jobs.score --maps)
 ])
 
 
