@@ -288,7 +288,7 @@ def _read_json(storage: Storage, uri: str) -> dict[str, Any] | None:
         return None
 
 
-def _warn_about_model(model: ModelRef, cfg: ScoreConfig) -> None:
+def _warn_about_model(model: ModelRef) -> None:
     if model.params.get("bank.weights") == "none":
         log.warning("the bank %s was fitted on a randomly initialised backbone (patchcore.weights=none): "
                     "its scores mean nothing about real anomalies", model.uri)
@@ -329,7 +329,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     storage.check_writable_folder(cfg.output, "output")
     tracking_uri = check_tracking(cfg.tracking)
     model = resolve_model(storage, cfg)
-    _warn_about_model(model, cfg)
+    _warn_about_model(model)
     run_id = cfg.run_name or "score-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_uri = join(cfg.output, run_id)
     log.info("run %s: input %s, output %s", run_id, cfg.input, run_uri)
