@@ -1,8 +1,15 @@
-"""This project's PatchCore on the benchmark folder, in one process (no Ray), like anomalib's run.
+"""This project's PatchCore on a benchmark folder, in one process (no Ray), like anomalib's run.
 
-Usage: python ours_patchcore.py DATA_ROOT WEIGHTS.pt IMAGE_SIZE PRECISION OUT.json
+Usage: python ours_patchcore.py DATA_ROOT WEIGHTS.pt IMAGE_SIZE PRECISION max|eq7 OUT.json
 Fit = feature extraction + greedy coreset + faiss index, through the same worker code the Ray
-job runs. Scoring = read + decode + features + kNN + map + Parquet part, per image.
+job runs. Scoring = read + decode + features + kNN + map + Parquet part, per image, timed on a
+second pass over the test set. ``max`` scores an image by its largest patch distance (the
+product's default), ``eq7`` re-weights it as the paper's Eq. 7 (what anomalib always does).
+
+The image scores and maps of every image under DATA_ROOT/test go to OUT.npz, a score table
+(``score_table.py``) from which the driver computes the AUROCs with the same code as for anomalib.
+OUT.json also holds a stage profile of scoring: milliseconds per image in the backbone + patch
+embedding and in the exact kNN search, measured apart on the same batches.
 """
 
 import json
@@ -11,29 +18,63 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from score_table import test_images, write_table
 
-from pipeline.config import FitConfig, ScoreConfig
+from pipeline.config import DecodeSettings, FitConfig, ScoreConfig
+from pipeline.detectors.patchcore import PatchCoreDetector
 from pipeline.fit import FitWorker
 from pipeline.io.batches import iter_batches
 from pipeline.io.sources import Listing, list_inputs, plan_units
+from pipeline.io.storage import Storage
 from pipeline.memory_bank import index as bank_index
 from pipeline.memory_bank.bank import BankMetadata, fingerprint, publish_bank
-from pipeline.metrics import roc_auc
 from pipeline.score import ScoreWorker, resolve_model
 
 
+def test_unit(root: Path):
+    images = test_images(root)
+    (unit,), _ = plan_units(Listing(images, [], []), len(images))
+    return unit
+
+
+def write_score_table(detector: PatchCoreDetector, storage: Storage, decode: DecodeSettings, root: Path,
+                      path: Path) -> None:
+    """Score every test image of ``root`` with ``detector`` and write the score table to ``path``."""
+    scored = {}
+    for batch in iter_batches(storage, test_unit(root), decode, detector.image_size, 16):
+        if batch.failed:
+            raise RuntimeError(f"{batch.failed[0].source_uri}: {batch.failed[0].reason}")
+        result = detector.score(batch.tensor)
+        for item, score, amap in zip(batch.items, result.scores, result.maps, strict=True):
+            scored[item.source_uri] = (float(score), amap)
+    write_table(path, root, scored)
+
+
+def stage_ms(detector: PatchCoreDetector, storage: Storage, decode: DecodeSettings, root: Path) -> dict[str, float]:
+    """Milliseconds per test image in the backbone + patch embedding and in the exact kNN search."""
+    features_s = knn_s = 0.0
+    n = 0
+    for batch in iter_batches(storage, test_unit(root), decode, detector.image_size, 16):
+        start = time.perf_counter()
+        feats, _ = detector.embedder(batch.tensor)
+        middle = time.perf_counter()
+        detector.knn.search(feats.reshape(-1, feats.shape[-1]), 1)
+        features_s, knn_s = features_s + middle - start, knn_s + time.perf_counter() - middle
+        n += len(batch.items)
+    return {"features_ms_per_image": features_s * 1e3 / n, "knn_ms_per_image": knn_s * 1e3 / n}
+
+
 def main() -> None:
-    root, weights, size, precision, out = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], \
-        Path(sys.argv[5])
+    root, weights, size, precision, scoring, out = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], \
+        sys.argv[5], Path(sys.argv[6])
     work = out.parent / "ours-run"
     runtime = {"workers": 1, "num_cpus_per_worker": 2}
     fit_cfg = FitConfig.model_validate({
         "normal": str(root / "train" / "good"), "bank": str(work / "bank"), "runtime": runtime,
         "patchcore": {"weights": weights, "image_size": size, "coreset_ratio": 0.1, "calibration_fraction": 0,
-                      "batch_size": 16, "precision": precision}, "tracking": {"enabled": False}})
+                      "batch_size": 16, "precision": precision,
+                      "reweight": {"max": False, "eq7": True}[scoring]}, "tracking": {"enabled": False}})
     worker = FitWorker(fit_cfg)
     (unit,), _ = plan_units(list_inputs(worker.storage, fit_cfg.normal), 10_000)
     start = time.perf_counter()
@@ -56,33 +97,18 @@ def main() -> None:
                                             "output": str(work / "results"), "heatmaps": "none",
                                             "batch_size": 16, "runtime": runtime, "tracking": {"enabled": False}})
     scorer = ScoreWorker(score_cfg, "bench", resolve_model(worker.storage, score_cfg))
-    listing = list_inputs(scorer.storage, score_cfg.input)
-    (test_unit,), _ = plan_units(Listing(listing.images, [], []), 10_000)
-    scorer.score_unit(test_unit)  # warm-up pass (anomalib's predict runs after its warm test pass)
+    unit = test_unit(root)
+    scorer.score_unit(unit)  # warm-up pass, as for anomalib's predict
     start = time.perf_counter()
-    counts = scorer.score_unit(test_unit)
+    counts = scorer.score_unit(unit)
     score_s = time.perf_counter() - start
 
-    labels, scores, pixel_labels, pixel_scores = [], [], [], []
-    for batch in iter_batches(scorer.storage, test_unit, score_cfg.decode, size, 16):
-        result = scorer.detector.score(batch.tensor)
-        for item, s, amap in zip(batch.items, result.scores, result.maps, strict=True):
-            path = Path(item.source_uri)
-            defect = path.parent.name == "defect"
-            mask = np.zeros((size, size), bool)
-            if defect:
-                mask_img = Image.open(root / "ground_truth" / "defect" / f"{path.stem}_mask.png")
-                mask = np.asarray(mask_img.resize((size, size), Image.NEAREST)) > 127
-            labels.append(defect)
-            scores.append(s)
-            pixel_labels.append(mask.ravel())
-            pixel_scores.append(amap.ravel())
+    write_score_table(scorer.detector, scorer.storage, score_cfg.decode, root, out.with_suffix(".npz"))
     out.write_text(json.dumps({
-        "system": f"ours {precision}", "fit_s": fit_s, "fit_features_s": shard["features_s"],
+        "system": f"ours {precision} {scoring}", "fit_s": fit_s, "fit_features_s": shard["features_s"],
         "fit_coreset_s": shard["coreset_s"],
         "n_bank": meta.n_bank, "score_images_per_s": counts["n_ok"] / score_s,
-        "image_auroc": roc_auc(np.array(labels), np.array(scores)),
-        "pixel_auroc": roc_auc(np.concatenate(pixel_labels), np.concatenate(pixel_scores)),
+        **stage_ms(scorer.detector, scorer.storage, score_cfg.decode, root),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
 
