@@ -37,11 +37,12 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run_fit_job(normal: Path, workers: int, per_shard: int, size: int) -> dict:
+def run_fit_job(normal: Path, workers: int, per_shard: int, size: int, *extra: str) -> dict:
+    """``python -m jobs.fit`` as a whole process: its summary, wall time from launch to exit, peak tree RSS."""
     bank = WORK / f"bank-{time.time_ns()}"
     cmd = [sys.executable, "-m", "jobs.fit", "--normal", str(normal), "--bank", str(bank), "--workers", str(workers),
            "--num-cpus-per-worker", str(os.cpu_count() / workers), "--image-size", str(size),
-           "--images-per-shard", str(per_shard), "--calibration-fraction", "0", "--no-tracking"]
+           "--images-per-shard", str(per_shard), "--calibration-fraction", "0", "--no-tracking", *extra]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env=os.environ | {"RAY_AUTH_MODE": "disabled", "TQDM_DISABLE": "1"})
@@ -60,7 +61,7 @@ def run_fit_job(normal: Path, workers: int, per_shard: int, size: int) -> dict:
     if proc.returncode:
         raise RuntimeError(f"jobs.fit failed: {out[-2000:]}")
     summary = json.loads(out[out.index("{"):])
-    return summary | {"wall_s": time.perf_counter() - start, "peak_rss_mb": peak[0] / 2**20}
+    return summary | {"wall_s": time.perf_counter() - start, "peak_rss_mb": peak[0] / 2**20, "bank_root": str(bank)}
 
 
 def subset(data: Path, n: int) -> Path:

@@ -1,10 +1,14 @@
 """Video path throughput: the pipeline's decoder against a plain PyAV loop, and frames/s scored.
 
-    python bench/bench_video.py [--frames 600] [--size 768x576]
+    python bench/bench_video.py [--frames 600] [--size 768x576] [--repeats 5]
 
 Decoding: the same MPEG-4 file through ``pipeline.io.video.iter_frames`` (PyAV, RGB arrays,
 timestamps, frame-index bookkeeping) and through the plain loop
-``for f in container.decode(video=0): f.to_ndarray(format="rgb24")``; best of 3 each, ratio.
+``for f in container.decode(video=0): f.to_ndarray(format="rgb24")``, in ABBA order (plain,
+pipeline, pipeline, plain, then the next repeat starts with the other one), so neither path always
+runs first or on a warmer cache. Reported: the median and the min-max of each path's frames/s
+over its 2 x repeats runs, and the pipeline/plain ratio per ABBA block (mean of its two runs of
+each), median and min-max.
 Scoring: ``jobs.score`` (local Ray, 2 workers x 1 CPU) on the same file, frames/s of the scoring
 stage (start-up reported apart): PatchCore at 256 px (random-init backbone) and DMAD's video
 variant at 128 px (trained here for 20 steps on this file: a speed number, not a quality one).
@@ -13,6 +17,7 @@ variant at 128 px (trained here for 20 steps on this file: a speed number, not a
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from machine import MachineLoad
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work" / "video"
@@ -57,30 +63,49 @@ def pipeline_path(path: Path) -> int:
     return sum(1 for _ in iter_frames(Storage(StorageSettings()), str(path), 0, None, 1))
 
 
-def best_rate(fn, path: Path) -> float:
-    rates = []
-    for _ in range(3):
-        start = time.perf_counter()
-        n = fn(path)
-        rates.append(n / (time.perf_counter() - start))
-    return max(rates)
+def rate(fn, path: Path) -> float:
+    start = time.perf_counter()
+    n = fn(path)
+    return n / (time.perf_counter() - start)
+
+
+def abba_rates(a, b, path: Path, repeats: int) -> tuple[list[float], list[float], list[float]]:
+    """Frames/s of ``a`` and ``b`` over ``repeats`` ABBA blocks (odd blocks run BAAB), and b/a per block."""
+    rates_a, rates_b, ratios = [], [], []
+    for block in range(repeats):
+        first, second = (a, b) if block % 2 == 0 else (b, a)
+        runs = {first: [], second: []}
+        for fn in (first, second, second, first):
+            runs[fn].append(rate(fn, path))
+        rates_a += runs[a]
+        rates_b += runs[b]
+        ratios.append(statistics.mean(runs[b]) / statistics.mean(runs[a]))
+    return rates_a, rates_b, ratios
+
+
+def spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):8.2f}  (min {min(values):.2f}, max {max(values):.2f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--size", default="768x576")
+    parser.add_argument("--repeats", type=int, default=5, help="ABBA blocks")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     WORK.mkdir(parents=True, exist_ok=True)
     path = WORK / f"bench-{args.frames}-{args.size}.mp4"
     if not path.exists():
         write_video(path, args.frames, width, height)
-    plain = best_rate(plain_pyav, path)
-    ours = best_rate(pipeline_path, path)
-    print(f"\ndecode {args.frames} frames {args.size} MPEG-4, {os.cpu_count()} cores")
-    print(f"plain PyAV loop   {plain:8.1f} frames/s")
-    print(f"pipeline path     {ours:8.1f} frames/s   ratio {ours / plain:.2f}")
+    load = MachineLoad()
+    plain, ours, ratios = abba_rates(plain_pyav, pipeline_path, path, args.repeats)
+    print(f"\ndecode {args.frames} frames {args.size} MPEG-4, {os.cpu_count()} cores, {args.repeats} ABBA blocks "
+          f"({2 * args.repeats} runs per path)")
+    print(f"plain PyAV loop   frames/s {spread(plain)}")
+    print(f"pipeline path     frames/s {spread(ours)}")
+    print(f"pipeline / plain  per block {spread(ratios)}")
+    print(load.report())
 
     from pipeline.demo_data import make_dataset
 
