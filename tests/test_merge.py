@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.memory_bank.coreset import covering_radius, random_projection
+from pipeline.memory_bank.coreset import covering_radius, greedy_kcenter, project, random_projection
 from pipeline.memory_bank.merge import merge_tree, reduce_rows, select_coreset
 
 
@@ -73,3 +73,31 @@ def test_a_union_no_larger_than_k_is_kept_as_it_is():
     sizes: list[int] = []
     merged, rounds = merge_tree(parts, 900, 100, 4.0, recording(sizes))
     assert rounds == 0 and sizes == [] and np.array_equal(merged, np.concatenate(parts))
+
+
+def test_a_merge_step_selects_on_the_same_seeded_projection_as_the_shards():
+    """The fit workers reduce shards on random_projection(embed_dim, projection_dim, seed); every
+    merge step must select on that same projection, or the bank would depend on who ran the step."""
+    x = clustered(np.random.default_rng(3), 1500, 64)
+    expected = np.sort(greedy_kcenter(project(x, random_projection(64, 16, 7)), 120, seed=7))
+    assert np.array_equal(reduce_rows(x, 120, 64, 16, seed=7), x[expected])
+    assert not np.array_equal(reduce_rows(x, 120, 64, 16, seed=8), x[expected])
+
+
+@pytest.mark.parametrize("k,budgets", [
+    (50, [51, 50, 50]),  # 3 chunks over-sampled x3 (oversample 4 caps at the chunk count)
+    (300, [101, 100, 100]),  # x3 would keep 90 % of the union: plain shares of k instead
+])
+def test_chunk_budgets_are_shares_of_k_over_sampled_unless_that_barely_shrinks_the_union(k, budgets):
+    x = clustered(np.random.default_rng(4), 1000, 8)  # cut into chunks of 334, 333, 333
+    calls: list[list[tuple[int, int]]] = []
+    sizes: list[int] = []
+
+    def run(jobs):
+        calls.append([(len(c), budget) for c, budget in jobs])
+        return recording(sizes)(jobs)
+
+    merged, rounds = merge_tree([x[:500], x[500:]], k, 400, 4.0, run)
+    assert calls[0] == [(334, budget) for budget in budgets[:1]] + [(333, budget) for budget in budgets[1:]]
+    assert len(merged) == k
+    assert rounds == len(calls)  # one round per reduction step
