@@ -220,3 +220,14 @@ def test_splitting_a_video_never_changes_which_frames_are_scored(tmp_path, fps):
             ranges = frame_ranges(whole_info, per_unit, stride)
             assert ranges[0][0] == 0 and ranges[-1][1] is None, case
             assert all(a[1] == b[0] and a[1] % stride == 0 for a, b in itertools.pairwise(ranges)), case
+
+
+@pytest.mark.parametrize("target_fps, stride", [(None, 3), (25, 1), (50, 1), (12.5, 2), (5, 5), (6, 4)])
+def test_a_target_fps_keeps_every_round_fps_over_target_th_frame(tmp_path, target_fps, stride):
+    """``--fps F`` on a 25 fps video keeps one frame in round(25 / F), at least every frame; without it
+    ``--frame-stride`` (3 here) applies."""
+    path = make_video(tmp_path / "clip25.mp4", n_frames=20, size=32, fps=25)
+    units = plan_video_units(STORAGE, [str(path)], VideoSettings(frame_stride=3, fps=target_fps))
+    decoded, failed = run_units(units)
+    assert not failed
+    assert [d.frame_index for d in decoded] == list(range(0, 20, stride))
