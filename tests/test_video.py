@@ -231,3 +231,13 @@ def test_a_target_fps_keeps_every_round_fps_over_target_th_frame(tmp_path, targe
     decoded, failed = run_units(units)
     assert not failed
     assert [d.frame_index for d in decoded] == list(range(0, 20, stride))
+
+
+def test_frames_from_a_seek_carry_their_time_and_pixels(tmp_path):
+    """Rows get ``timestamp_s`` from the frame's pts and heatmaps its pixels, for a unit that starts mid-video."""
+    clip = make_video(tmp_path / "clip.mp4", n_frames=12, size=32, fps=10)
+    got = list(iter_frames(STORAGE, str(clip), 4, None, 2))
+    assert [f.index for f in got] == [4, 6, 8, 10]
+    assert [f.timestamp_s for f in got] == pytest.approx([0.4, 0.6, 0.8, 1.0])
+    assert all(f.rgb.shape == (32, 32, 3) and f.rgb.dtype == np.uint8 for f in got)
+    assert not np.array_equal(got[0].rgb, got[1].rgb)  # the texture drifts: distinct frames, not one repeated
