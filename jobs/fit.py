@@ -19,6 +19,8 @@ FLAGS = [
     Flag("--coreset-ratio", "patchcore.coreset_ratio"),
     Flag("--image-size", "patchcore.image_size"),
     Flag("--embed-dim", "patchcore.embed_dim"),
+    Flag("--patchsize", "patchcore.patchsize"),
+    Flag("--anomaly-scorer-num-nn", "patchcore.anomaly_scorer_num_nn"),
     Flag("--calibration-fraction", "patchcore.calibration_fraction"),
     Flag("--seed", "patchcore.seed"),
     Flag("--precision", "patchcore.precision"),

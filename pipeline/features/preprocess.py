@@ -16,19 +16,22 @@ def to_input_tensor(rgb: np.ndarray, size: int) -> torch.Tensor:
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of ``[B,H,W]`` maps, radius ``int(4*sigma+0.5)`` as scipy."""
+    """Separable Gaussian smoothing of ``[B,H,W]`` maps as ``scipy.ndimage.gaussian_filter`` (the
+    official PatchCore code's): radius ``int(4*sigma+0.5)``, ``reflect`` borders (the edge sample
+    repeated: ``c b a | a b c | c b a``, periodically for a radius beyond the map)."""
     if sigma <= 0:
         return maps
     radius = int(4 * sigma + 0.5)
     x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
     out = maps.unsqueeze(1)
-    pad_h = min(radius, out.shape[-2] - 1)
-    pad_w = min(radius, out.shape[-1] - 1)
-    out = F.pad(out, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w else out
-    kw = kernel[radius - pad_w: radius + pad_w + 1]
-    out = F.conv2d(out, (kw / kw.sum()).view(1, 1, 1, -1))
-    out = F.pad(out, (0, 0, pad_h, pad_h), mode="reflect") if pad_h else out
-    kh = kernel[radius - pad_h: radius + pad_h + 1]
-    out = F.conv2d(out, (kh / kh.sum()).view(1, 1, -1, 1))
+    out = F.conv2d(out.index_select(-1, _reflected(out.shape[-1], radius, maps.device)), kernel.view(1, 1, 1, -1))
+    out = F.conv2d(out.index_select(-2, _reflected(out.shape[-2], radius, maps.device)), kernel.view(1, 1, -1, 1))
     return out.squeeze(1)
+
+
+def _reflected(n: int, radius: int, device: torch.device) -> torch.Tensor:
+    """Indices of a length-``n`` axis padded by ``radius`` on both sides with scipy's ``reflect`` rule."""
+    i = torch.arange(-radius, n + radius, device=device) % (2 * n)
+    return torch.where(i >= n, 2 * n - 1 - i, i)

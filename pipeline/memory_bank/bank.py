@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from pipeline.io.storage import Storage, StorageError, join
 from pipeline.memory_bank.index import ShardedIndex, build_index, deserialize, serialize, split_rows
@@ -54,8 +55,17 @@ class BankMetadata(BaseModel):
     pretrain_embed_dim: int
     embed_dim: int
     grid: tuple[int, int]
+    patchsize: int = 3
     coreset_ratio: float
     coreset_projection_dim: int
+    patch_distance: Literal["squared", "euclidean"] = Field(
+        "squared", description="patch score: mean squared L2 distance to the anomaly_scorer_num_nn nearest bank "
+                               "vectors (official), or the plain L2 distance to the nearest (banks written before "
+                               "the official rule, see LEGACY_DEFAULTS)")
+    anomaly_scorer_num_nn: int = 1
+    bn_shift_input: tuple[int, int] | None = Field(
+        None, description="(H, W) of the all-ones image the official code ran through the backbone in train mode "
+                          "(imported banks); None: the clean backbone")
     num_neighbors: int
     reweight: bool
     sigma: float
@@ -131,8 +141,27 @@ def resolve_bank_uri(storage: Storage, root: str, version: str | None) -> str:
     return uri
 
 
+# What a bank.json written before a field existed was built and calibrated with: its threshold was
+# set on plain L2 distances to the nearest vector, and its ``weights: torchvision`` meant torchvision's
+# DEFAULT (IMAGENET1K_V2 for resnet50/wide_resnet50_2; ``torchvision`` now means IMAGENET1K_V1).
+LEGACY_DEFAULTS: dict[str, Any] = {"patch_distance": "euclidean", "anomaly_scorer_num_nn": 1, "patchsize": 3,
+                                   "bn_shift_input": None}
+
+
+def upgrade_legacy(raw: dict[str, Any]) -> dict[str, Any]:
+    """A manifest from before the official scoring rule and weights names, made to score as it did."""
+    raw = LEGACY_DEFAULTS | raw
+    if raw.get("weights") == "torchvision" and str(raw.get("weights_fingerprint", "")).endswith(":DEFAULT"):
+        from pipeline.features.backbones import torchvision_weights
+
+        raw["weights"] = "torchvision:DEFAULT"
+        member = torchvision_weights(raw["backbone"], "torchvision:DEFAULT").name
+        raw["weights_fingerprint"] = f"torchvision:{raw['backbone']}:{member}"
+    return raw
+
+
 def load_metadata(storage: Storage, uri: str) -> BankMetadata:
-    return BankMetadata.model_validate_json(storage.read_bytes(join(uri, "bank.json")))
+    return BankMetadata.model_validate(upgrade_legacy(json.loads(storage.read_bytes(join(uri, "bank.json")))))
 
 
 def load_index(storage: Storage, uri: str, meta: BankMetadata, use_gpu: bool = False) -> ShardedIndex:
