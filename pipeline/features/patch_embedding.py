@@ -2,13 +2,12 @@
 
 The official recipe, per tapped layer: unfold every position's ``p x p`` neighbourhood
 (``patchsize`` p, 3 by default, odd; ``C*p*p`` values, zero padded), adaptive-average-pool that
-vector to ``pretrain_embed_dim``, upsample
-deeper layers bilinearly to the first layer's grid, concatenate the layers and adaptive-average-
-pool again to ``embed_dim``.
+vector to ``pretrain_embed_dim``, upsample deeper layers bilinearly to the first layer's grid,
+concatenate the layers and adaptive-average-pool again to ``embed_dim``.
 
 Every step but the upsampling is a fixed linear map over channels, and the upsampling is linear
-over space, so they commute. We fold "unfold -> pool -> concat -> pool" into one fixed 3x3
-convolution per layer (``embed_dim`` output channels), run it at the layer's own resolution,
+over space, so they commute. We fold "unfold -> pool -> concat -> pool" into one fixed
+``p x p`` convolution per layer (``embed_dim`` output channels), run it at the layer's own resolution,
 upsample its output and sum. Same numbers (tested against the literal recipe), a fraction of the
 memory traffic, and oneDNN/cuDNN run it in any precision.
 """

@@ -117,10 +117,28 @@ def publish_bank(storage: Storage, root: str, vectors: np.ndarray, meta: BankMet
         name = f"index-{i:04d}.faiss"
         storage.write_bytes(join(root, version, name), serialize(build_index(vectors[start:end], meta.index_dtype)))
         shards.append(ShardInfo(file=name, n_vectors=end - start, fingerprint=fingerprint(vectors[start:end])))
-    lineage = [e if e.version else e.model_copy(update={"version": version}) for e in meta.lineage]
-    meta = meta.model_copy(update={"version": version, "shards": shards, "n_bank": len(vectors), "lineage": lineage})
-    storage.write_bytes(join(root, version, "bank.json"), meta.model_dump_json(indent=2).encode())
-    storage.write_bytes(join(root, "latest.json"), json.dumps({"version": version}).encode())
+    return _publish_manifest(storage, root, meta.model_copy(update={"version": version, "shards": shards,
+                                                                     "n_bank": len(vectors)}))
+
+
+def publish_index_file(storage: Storage, root: str, data: bytes, meta: BankMetadata) -> BankMetadata:
+    """Publish a serialised exact faiss index (an imported bank) as the single shard of a new version,
+    byte for byte."""
+    index = deserialize(data)
+    version = next_version(storage, root)
+    storage.write_bytes(join(root, version, "index-0000.faiss"), data)
+    shard = ShardInfo(file="index-0000.faiss", n_vectors=index.ntotal,
+                      fingerprint=fingerprint(index.reconstruct_n(0, index.ntotal)))
+    return _publish_manifest(storage, root, meta.model_copy(update={"version": version, "shards": [shard],
+                                                                     "n_bank": index.ntotal}))
+
+
+def _publish_manifest(storage: Storage, root: str, meta: BankMetadata) -> BankMetadata:
+    """``bank.json`` of a version whose shards are written, then ``latest.json``: readers never see half a bank."""
+    lineage = [e if e.version else e.model_copy(update={"version": meta.version}) for e in meta.lineage]
+    meta = meta.model_copy(update={"lineage": lineage})
+    storage.write_bytes(join(root, meta.version, "bank.json"), meta.model_dump_json(indent=2).encode())
+    storage.write_bytes(join(root, "latest.json"), json.dumps({"version": meta.version}).encode())
     return meta
 
 
