@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+Interpolation = Literal["bilinear", "bicubic"]
+
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the setting."""
@@ -81,6 +83,10 @@ class PatchCoreSettings(_Strict):
     layers: list[Literal["layer1", "layer2", "layer3"]] = Field(
         ["layer2", "layer3"], description="backbone stages whose features are combined")
     image_size: int = Field(256, ge=32, le=2048, description="images are resized to this square size, in pixels")
+    crop_fraction: float = Field(
+        0.875, ge=0.125, le=1, description="then the centred crop of this fraction of image_size is scored (official "
+                                          "PatchCore: resize 256, crop 224 = 0.875); 1: no crop")
+    interpolation: Interpolation = Field("bilinear", description="resize filter (antialiased, as PIL)")
     pretrain_embed_dim: int = Field(1024, ge=8, description="each layer's patch features are pooled to this size")
     embed_dim: int = Field(384, ge=8, description="length of one patch vector in the memory bank")
     coreset_ratio: float = Field(
