@@ -18,6 +18,8 @@ FLAGS = [
     Flag("--weights", "patchcore.weights", "WEIGHTS"),
     Flag("--coreset-ratio", "patchcore.coreset_ratio"),
     Flag("--image-size", "patchcore.image_size"),
+    Flag("--crop-fraction", "patchcore.crop_fraction"),
+    Flag("--interpolation", "patchcore.interpolation"),
     Flag("--embed-dim", "patchcore.embed_dim"),
     Flag("--patchsize", "patchcore.patchsize"),
     Flag("--anomaly-scorer-num-nn", "patchcore.anomaly_scorer_num_nn"),
