@@ -94,7 +94,8 @@ def test_released_wideresnet50_gets_the_papers_torchvision_weights(tmp_path):
     meta = json.loads((tmp_path / "bank" / "v0001" / "bank.json").read_text())
     assert meta["weights_fingerprint"] == "torchvision:wide_resnet50_2:IMAGENET1K_V1"
     assert meta["grid"] == [28, 28] and meta["patchsize"] == 5 and meta["patch_distance"] == "squared"
-    assert any("resize the shorter side to 256" in n for n in applied["notes"])
+    assert (meta["image_size"], meta["crop_fraction"], meta["interpolation"]) == (256, 0.875, "bilinear")
+    assert meta["bn_shift_input"] == [224, 224]  # the crop the model sees
 
 
 class RunsACommand:

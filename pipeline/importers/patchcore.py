@@ -32,6 +32,7 @@ import torch
 import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from pipeline.config import ConfigError
 from pipeline.features.backbones import PAPER_TORCHVISION_WEIGHTS
 from pipeline.io.storage import Storage
 from pipeline.memory_bank.bank import BankMetadata, fingerprint, publish_index_file
@@ -45,11 +46,11 @@ LAYERS = ("layer1", "layer2", "layer3")
 PARAM_TYPES = {"backbone.name": str, "layers_to_extract_from": list, "input_shape": (tuple, list),
                "pretrain_embed_dimension": int, "target_embed_dimension": int, "patchsize": int,
                "patchstride": int, "anomaly_scorer_num_nn": int}
-# The official run scripts: resize to this, then centre-crop input_shape (not stored in the files)
+# The official run scripts resize to this (bilinear), then centre-crop input_shape; the files do not say
 OFFICIAL_RESIZE = {224: 256, 320: 366}
 
 
-class ImportRefused(ValueError):
+class ImportRefused(ConfigError):
     """The source is not an official PatchCore folder this product can score; the message says why."""
 
 
@@ -72,7 +73,7 @@ def read_params(path: pathlib.Path) -> dict[str, Any]:
     for key, kind in PARAM_TYPES.items():
         if not isinstance(params.get(key), kind) or isinstance(params.get(key), bool):
             raise ImportRefused(f"source={path}: {key} missing or not {getattr(kind, '__name__', kind)} "
-                               f"(got {params.get(key)!r:.80})")
+                                f"(got {params.get(key)!r:.80})")
     return params
 
 
@@ -82,7 +83,7 @@ def _folder(source: pathlib.Path) -> pathlib.Path:
         ensembles = sorted(p.name for p in folder.glob(f"Ensemble-*_{PARAMS_FILE}")) if folder.is_dir() else []
         if ensembles:
             raise ImportRefused(f"source={source}: an official ensemble ({', '.join(ensembles)}); ensembles are not "
-                               f"supported (their scores are normalised over the whole test set)")
+                                f"supported (their scores are normalised over the whole test set)")
         raise ImportRefused(f"source={source}: expected a folder with {PARAMS_FILE} and {INDEX_FILE}")
     return folder
 
@@ -100,8 +101,11 @@ def _settings(params: dict[str, Any], where: pathlib.Path) -> dict[str, Any]:
         raise ImportRefused(f"source={where}: input_shape={shape}: only square RGB inputs (3, S, S) are supported")
     if params["patchstride"] != 1 or params["patchsize"] % 2 == 0:
         raise ImportRefused(f"source={where}: patchsize={params['patchsize']} patchstride={params['patchstride']}: "
-                           f"only odd patch sizes with stride 1 are supported")
-    return {"backbone": BACKBONES[name], "layers": list(layers), "image_size": int(shape[1]),
+                            f"only odd patch sizes with stride 1 are supported")
+    crop = int(shape[1])
+    resize = OFFICIAL_RESIZE.get(crop, crop)
+    return {"backbone": BACKBONES[name], "layers": list(layers), "image_size": resize,
+            "crop_fraction": crop / resize, "interpolation": "bilinear",
             "pretrain_embed_dim": params["pretrain_embed_dimension"], "embed_dim": params["target_embed_dimension"],
             "patchsize": params["patchsize"], "anomaly_scorer_num_nn": params["anomaly_scorer_num_nn"]}
 
@@ -128,11 +132,11 @@ def convert(source: pathlib.Path, out: str, storage: Storage) -> dict[str, Any]:
         raise ImportRefused(f"source={folder / INDEX_FILE}: not a faiss index ({exc})") from exc
     if type(index) is not faiss.IndexFlatL2:
         raise ImportRefused(f"source={folder / INDEX_FILE}: a {type(index).__name__}; only exact IndexFlatL2 banks "
-                           f"(the official FaissNN's) are supported")
+                            f"(the official FaissNN's) are supported")
     if index.d != settings["embed_dim"] or index.ntotal == 0:
         raise ImportRefused(f"source={folder / INDEX_FILE}: {index.ntotal} vectors of dimension {index.d}, the "
-                           f"parameters say target_embed_dimension={settings['embed_dim']}")
-    size = settings["image_size"]
+                            f"parameters say target_embed_dimension={settings['embed_dim']}")
+    size = int(params["input_shape"][1])  # what the model sees: the crop
     weights = f"torchvision:{PAPER_TORCHVISION_WEIGHTS}"
     meta = BankMetadata(
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), normal_uri=str(source),
@@ -151,8 +155,11 @@ def convert(source: pathlib.Path, out: str, storage: Storage) -> dict[str, Any]:
         "an imported bank cannot be extended with jobs.fit --update-from (its vectors come from the shifted backbone)",
     ]
     if size in OFFICIAL_RESIZE:
-        notes.append(f"official preprocessing (its run scripts; not stored in the files): resize the shorter side to "
+        notes.append(f"preprocessing of the official run scripts (not stored in the files): resize to "
                      f"{OFFICIAL_RESIZE[size]} (bilinear), centre-crop {size}")
+    else:
+        notes.append(f"the files do not say how images were resized before the {size} px input: this bank resizes "
+                     f"to {size} without a crop; edit image_size/crop_fraction in bank.json if the release differs")
     return {"format": "patchcore", "bank": out, "version": meta.version, "fingerprint": meta.fingerprint,
             "n_bank": meta.n_bank, "weights": weights, **settings, "patch_distance": meta.patch_distance,
             "bn_shift_input": [size, size], "official_params": {k: list(v) if isinstance(v, tuple) else v
