@@ -161,3 +161,14 @@ def test_import_to_s3_and_score_from_there(tmp_path, s3_endpoint, seeded_torchvi
     detector = PatchCoreDetector.load(storage, "s3://pc-import/bank")
     assert applied["version"] == detector.meta.version == "v0001" and detector.meta.patchsize == 5
     assert detector.score(torch.rand(1, 3, 64, 64)).scores.shape == (1,)
+
+
+def test_an_imported_bank_cannot_be_extended_by_our_fit(tmp_path, dataset):
+    from pipeline.config import ConfigError, FitConfig
+    from pipeline.fit import run_fit
+
+    convert(released_folder(tmp_path / "src"), str(tmp_path / "bank"), STORAGE)
+    cfg = FitConfig(normal=str(dataset / "train" / "good"), bank=str(tmp_path / "bank"), update_from="latest",
+                    tracking={"enabled": False})
+    with pytest.raises(ConfigError, match="update_from=v0001: that bank was imported from the official code"):
+        run_fit(cfg)
