@@ -52,6 +52,15 @@ def torchvision_weights(name: str, weights: str) -> torchvision.models.WeightsEn
     return enum[member]
 
 
+def upgrade_legacy_torchvision(name: str, weights: str, fingerprint: str) -> tuple[str, str]:
+    """``(weights, fingerprint)`` of an artifact recorded before torchvision weights were named by enum:
+    its plain ``torchvision`` (fingerprint ``torchvision:NAME:DEFAULT``) loaded torchvision's DEFAULT, so
+    it keeps that (``torchvision:DEFAULT``, IMAGENET1K_V2 for resnet50/wide_resnet50_2); else unchanged."""
+    if weights == "torchvision" and fingerprint == f"torchvision:{name}:DEFAULT":
+        return "torchvision:DEFAULT", f"torchvision:{name}:{torchvision_weights(name, 'torchvision:DEFAULT').name}"
+    return weights, fingerprint
+
+
 def load_torchvision(name: str, weights: str) -> tuple[nn.Module, str]:
     """``name`` with torchvision's weights (from the hub cache, else downloaded), and their fingerprint
     ``torchvision:NAME:MEMBER`` (``DEFAULT`` resolved to the member it stands for)."""

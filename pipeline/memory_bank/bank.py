@@ -170,13 +170,12 @@ LEGACY_DEFAULTS: dict[str, Any] = {"patch_distance": "euclidean", "anomaly_score
 
 def upgrade_legacy(raw: dict[str, Any]) -> dict[str, Any]:
     """A manifest from before the official scoring rule and weights names, made to score as it did."""
-    raw = LEGACY_DEFAULTS | raw
-    if raw.get("weights") == "torchvision" and str(raw.get("weights_fingerprint", "")).endswith(":DEFAULT"):
-        from pipeline.features.backbones import torchvision_weights
+    from pipeline.features.backbones import upgrade_legacy_torchvision
 
-        raw["weights"] = "torchvision:DEFAULT"
-        member = torchvision_weights(raw["backbone"], "torchvision:DEFAULT").name
-        raw["weights_fingerprint"] = f"torchvision:{raw['backbone']}:{member}"
+    raw = LEGACY_DEFAULTS | raw
+    if {"backbone", "weights", "weights_fingerprint"} <= raw.keys():
+        raw["weights"], raw["weights_fingerprint"] = upgrade_legacy_torchvision(
+            raw["backbone"], raw["weights"], raw["weights_fingerprint"])
     return raw
 
 
