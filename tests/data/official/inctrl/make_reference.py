@@ -23,6 +23,7 @@ import io
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -67,9 +68,10 @@ def with_defect(image: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def save_png(image: torch.Tensor, path: Path) -> None:
-    array = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(array).save(path)
+def save_png(image: torch.Tensor, path: Path) -> torch.Tensor:
+    """Save as 8-bit PNG and return the image as read back (what the test feeds our model)."""
+    Image.fromarray((image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(path)
+    return torch.from_numpy(np.asarray(Image.open(path), dtype=np.float32) / 255).permute(2, 0, 1)
 
 
 def seeded_model(open_clip, tokenizer):
@@ -139,10 +141,8 @@ def main(checkout: Path, out_dir: Path) -> None:
     for category in CATEGORIES:
         prompts = [smooth_image(generator) for _ in range(SHOTS)]
         queries = [smooth_image(generator, prompts[0]), with_defect(smooth_image(generator, prompts[1]))]
-        for j, image in enumerate(prompts):
-            save_png(image, out_dir / "inputs" / f"{category}_prompt{j}.png")
-        for i, image in enumerate(queries):
-            save_png(image, out_dir / "inputs" / f"{category}_query{i}.png")
+        prompts = [save_png(image, out_dir / "inputs" / f"{category}_prompt{j}.png") for j, image in enumerate(prompts)]
+        queries = [save_png(image, out_dir / "inputs" / f"{category}_query{i}.png") for i, image in enumerate(queries)]
         # what a released few-shot file holds: a list of CLIP-normalised [3,240,240] tensors
         normal_list = [(p - MEAN) / STD for p in prompts]
         for i, image in enumerate(queries):
