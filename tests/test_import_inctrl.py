@@ -4,6 +4,7 @@ import io
 from collections import OrderedDict
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import open_clip
 import pytest
@@ -11,11 +12,11 @@ import s3fs
 import torch
 import torch.nn.functional as F
 
+from jobs import import_checkpoint as import_job
 from pipeline.config import ScoreConfig, StorageSettings
 from pipeline.detectors.checkpoints import checkpoint_version
 from pipeline.detectors.inctrl import InCTRLSettings, load_checkpoint, prompt_texts, read_prompt_file
 from pipeline.features.clip import CLIP_MEAN, CLIP_STD, register_tiny_configs
-from pipeline.features.preprocess import to_input_tensor
 from pipeline.importers.inctrl import convert
 from pipeline.io.decode import decode_image
 from pipeline.io.storage import Storage
@@ -103,6 +104,17 @@ def test_convert_maps_every_official_tensor(tmp_path):
         torch.testing.assert_close(heads.holistic_head(patch), apply_official_head(state, "diff_head", patch))
 
 
+def test_import_job_converts_and_logs_to_mlflow(tmp_path):
+    torch.save(released_state(), tmp_path / "checkpoint.pyth")
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    code = import_job.main(["--format", "inctrl", "--source", str(tmp_path / "checkpoint.pyth"),
+                            "--out", str(tmp_path / "models" / "inctrl.pt"), "--tracking-uri", tracking])
+    assert code == 0 and (tmp_path / "models" / "inctrl.pt").is_file()
+    run = mlflow.MlflowClient(tracking).search_runs(
+        [mlflow.MlflowClient(tracking).get_experiment_by_name("anomaly-detection").experiment_id])[0]
+    assert run.data.params["format"] == "inctrl" and run.data.params["source_sha256"].startswith("sha256:")
+
+
 def test_imported_checkpoint_scores_through_the_job_on_s3(ray_runtime, dataset, s3_endpoint, tmp_path):
     """convert to s3://, then jobs.score --model s3://... --prompts s3://.../candle.pt (a released few-shot file)."""
     settings = StorageSettings(endpoint_url=s3_endpoint, key="testing", secret="testing")
@@ -130,7 +142,7 @@ def test_imported_checkpoint_scores_through_the_job_on_s3(ray_runtime, dataset, 
     detector = load_checkpoint(storage.read_bytes("s3://models/inctrl.pt"), storage, prompts, shots=2,
                                object_name="metal nut")
     row = rows[0]
-    image = to_input_tensor(decode_image(Path(row["source_uri"]).read_bytes(), 10**8), 240)
+    image = detector.preprocess(decode_image(Path(row["source_uri"]).read_bytes(), 10**8))
     assert np.isclose(row["score"], detector.score(image[None]).scores[0], atol=1e-5)
 
 
