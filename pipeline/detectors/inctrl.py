@@ -31,7 +31,8 @@ code (github.com/mala-lab/InCTRL) on the same weights and inputs. Remaining diff
   from the other normal images of the auxiliary set (the official samples them per class).
 - Outputs: the official code returns image scores only; the anomaly maps here are the patch map ``M`` upsampled
   bilinearly and Gaussian-smoothed (``sigma``).
-- Preprocessing (official: bicubic resize to 240 and centre crop) is the caller's (pipeline.features.preprocess).
+- Preprocessing: a square bicubic resize to ``image_size`` (pipeline.features.preprocess); the official resizes the
+  shorter side to 240 and centre-crops 240, the same on square images.
 """
 
 from __future__ import annotations
