@@ -17,7 +17,7 @@ from pipeline.config import ScoreConfig, StorageSettings
 from pipeline.detectors.checkpoints import checkpoint_version
 from pipeline.detectors.inctrl import InCTRLSettings, load_checkpoint, prompt_texts, read_prompt_file
 from pipeline.features.clip import CLIP_MEAN, CLIP_STD, register_tiny_configs
-from pipeline.importers.inctrl import convert
+from pipeline.importers.inctrl import convert, match_clip_arch
 from pipeline.io.decode import decode_image
 from pipeline.io.storage import Storage
 from pipeline.score import run_score
@@ -191,3 +191,12 @@ def test_official_text_prompts():
     assert len(normal) == 7 * 22 and len(anomalous) == 4 * 22 and "a photo of the damaged candle." in anomalous
     assert prompt_texts(InCTRLSettings(object_name="bird")) == (["a photo of bird for anomaly detection."],
                                                                 ["a photo without bird for anomaly detection."])
+
+
+def test_the_authors_clip_resolves_to_vit_b_16_plus_240():
+    """The released CLIP's shapes (built on the meta device: no memory, no weights) name exactly one
+    architecture, the authors' GELU ViT-B-16-plus-240 (not a QuickGELU variant)."""
+    with torch.device("meta"):
+        state = open_clip.create_model("ViT-B-16-plus-240", pretrained=None, device="meta").state_dict()
+    del state["logit_scale"]
+    assert match_clip_arch(state) == "ViT-B-16-plus-240"
