@@ -24,7 +24,9 @@ Remaining differences from the official code, and why:
   use the clean pretrained backbone, the paper's intent;
 - ensembles (several backbones, scores min-max normalised over the test set) are not supported:
   the normalisation needs the whole test set, which a batch job scoring an archive does not have;
-- preprocessing (resize 256, centre-crop 224) lives in ``features/preprocess.py`` (not here).
+- preprocessing (``features/preprocess.py``): a square resize then the centred crop, where the
+  official ``Resize(256)`` keeps the aspect ratio (the same on square images); maps are put back on
+  the whole resized image (border = the map's minimum) for heatmaps, the official code returns the crop's.
 """
 
 from __future__ import annotations
