@@ -11,9 +11,9 @@ including the BatchNorm shift the official code applies. Tolerance: 1e-4 absolut
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
-import sys
 from urllib.parse import urlparse
 
 import numpy as np
@@ -27,8 +27,10 @@ from pipeline.importers.patchcore import convert
 from pipeline.io.storage import Storage
 
 DATA = pathlib.Path(__file__).parent / "data" / "official" / "patchcore"
-sys.path.insert(0, str(DATA))
-from make_reference import CASES, seeded_backbone, weights_sha256  # noqa: E402
+_spec = importlib.util.spec_from_file_location("patchcore_make_reference", DATA / "make_reference.py")
+make_reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_reference)
+CASES = make_reference.CASES
 
 TOLERANCE = 1e-4
 
@@ -37,9 +39,9 @@ TOLERANCE = 1e-4
 def hub_with_seeded_weights(tmp_path_factory) -> pathlib.Path:
     """$TORCH_HOME whose hub cache holds the reference's seeded resnet18 as torchvision's IMAGENET1K_V1 file."""
     home = tmp_path_factory.mktemp("torch-home")
-    backbone = seeded_backbone()
+    backbone = make_reference.seeded_backbone()
     reference = np.load(DATA / f"{next(iter(CASES))}.npz")
-    assert weights_sha256(backbone) == str(reference["weights_sha256"]), "seeded init no longer matches the reference"
+    assert make_reference.weights_sha256(backbone) == str(reference["weights_sha256"]), "seeded init drifted"
     url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
     (home / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(backbone.state_dict(), home / "hub" / "checkpoints" / os.path.basename(urlparse(url).path))
