@@ -4,8 +4,8 @@ The official repository has one model file per dataset; ``layout`` names which o
 
 - ``ped2`` and ``avenue``: the encoder predicts a 3-channel foreground mask from its first two stages; the decoded
   frame and the mask are warped twice in sequence (coarse grid, then fine grid) and blended over one learnt
-  background image. ``avenue`` differs in its offset heads (both at half resolution, max offsets 3/3), its 2-D offset
-  smoothness kernel and its loss weights.
+  background image. ``avenue`` differs in where its coarse offset head downsamples, its largest coarse offset (3
+  pixels, not 2), its 2-D offset smoothness kernel and its loss weights.
 - ``shanghai``: one background per scene, concatenated to the input frames; the decoder predicts a 1-channel mask;
   the warped masked frame is added to the background where the mask is off.
 
@@ -91,8 +91,8 @@ class LayoutSpec:
 
 LAYOUTS: dict[str, LayoutSpec] = {
     "ped2": LayoutSpec((1, 1), (1, 2, 2), (7, 18), None, (16, 14), True, 0.25, 0.4),
-    "avenue": LayoutSpec((2, 1), (1, 2, 1), (6, 18), None, (16, 14), False, 1.0, 1.0),
-    "shanghai": LayoutSpec((2, 1), (1, 2, 1), (6, 18), (42, 31), None, False, 1.0, 1.0),
+    "avenue": LayoutSpec((1, 1), (2, 2, 1), (6, 18), None, (16, 14), False, 1.0, 1.0),
+    "shanghai": LayoutSpec((1, 1), (2, 2, 1), (6, 18), (42, 31), None, False, 1.0, 1.0),
 }
 
 
