@@ -70,7 +70,7 @@ def synthetic_frames(rng: np.random.Generator) -> np.ndarray:
 def randomise(model: torch.nn.Module, g: torch.Generator) -> None:
     """Seeded weights that survive a float16 round trip exactly; batch norms get non-trivial statistics."""
     with torch.no_grad():
-        for name, module in model.named_modules():
+        for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 n = module.num_features
                 module.weight.copy_(0.5 + torch.rand(n, generator=g))
@@ -79,7 +79,7 @@ def randomise(model: torch.nn.Module, g: torch.Generator) -> None:
                 module.running_var.copy_(0.5 + torch.rand(n, generator=g))
         for p in model.parameters():
             p.copy_(p.half().float())
-        for name, b in model.named_buffers():
+        for b in model.buffers():
             if b.is_floating_point():
                 b.copy_(b.half().float())
 
