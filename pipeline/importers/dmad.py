@@ -135,5 +135,5 @@ def convert(source: pathlib.Path, out: str, storage: Storage, *, trust_pickle: b
                      "name order, then test videos; the official evaluation recomputes them from the frames); this "
                      "product picks background (scene number - 1) from the video file name, so these do not map "
                      "onto scenes: replace them with one background per scene before scoring")
-    return {"layout": layout, "settings": settings.model_dump(mode="json", exclude_defaults=True),
+    return {"layout": layout, "settings": settings.model_dump(mode="json"),
             "version": detector.version, "notes": notes}

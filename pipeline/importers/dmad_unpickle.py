@@ -19,7 +19,7 @@ from torch import nn
 OFFICIAL_MODULE = re.compile(r"^model\.final_future_prediction_(ped2|avenue|shanghai)$")
 ALLOWED = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
            ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"),
-           ("torch", "Size"), ("builtins", "set")}
+           ("torch", "Size"), ("builtins", "set"), ("__builtin__", "set")}  # protocol 2 names it __builtin__
 
 
 def _stand_in(module: str, name: str) -> type:
