@@ -203,3 +203,12 @@ def test_image_variant_scores_an_image_the_same_alone_or_in_a_batch():
     state = torch.load(io.BytesIO(data), weights_only=True)["state"]
     assert not any(name.startswith("backbone.") for name in state)  # the frozen CNN is rebuilt, not stored
     assert np.array_equal(load_checkpoint(data, STORAGE).score(images).scores, batch.scores)
+
+
+def test_skip_connections_do_not_train_the_encoder():
+    torch.manual_seed(0)
+    model = build_model(VIDEO)
+    f4, skip3, skip4, _ = model.encoder(torch.rand(2, 3 * VIDEO.in_frames, 256, 256))
+    (skip3.sum() + skip4.sum()).backward()
+    assert model.encoder.stage1[0].weight.grad is None and model.encoder.stage4[0].weight.grad is None
+    assert model.encoder.skip3[0].weight.grad.abs().sum() > 0  # the skips themselves learn from the decoder
