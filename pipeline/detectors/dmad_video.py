@@ -43,8 +43,11 @@ Differences from the official code, and why:
 - ShanghaiTech's score chain after the per-video trimmed average (two more trimmed averages over the concatenated
   test set and a Kalman filter) is not ported; its mask regions are 8-connected pixel groups with holes filled and
   at least 14 pixels (the official ``cv2.contourArea`` measures the outline polygon, slightly smaller).
-- The background starts at the per-pixel median of the training frames (the official ped2/avenue load a
-  precomputed image from the repository, shanghai the per-pixel mode of each video).
+- Training: the background starts at the per-pixel median of the training frames (the official ped2/avenue load
+  a precomputed image from the repository, shanghai the per-pixel mode of each video); one learning rate for the
+  steps asked (the official anneals it over epochs and changes the background's rate after epoch 5).
+- Inputs: this product decodes RGB and resizes with its own preprocessing (bilinear by default, as OpenCV); the
+  grey conversion is computed in floating point, OpenCV's rounds to 8 bits (at most 1/255 apart).
 - The official VQ picks the nearest code with ``topk``; ``argmin`` gives the same code except on exact ties.
 """
 
