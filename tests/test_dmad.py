@@ -185,6 +185,10 @@ def test_video_checkpoint_round_trip_gives_identical_scores(video_model, tmp_pat
     for name in expected:
         assert np.array_equal(expected[name], got[name]), name
     assert np.array_equal(det.score(clip).scores, loaded.score(clip).scores, equal_nan=True)
+    old = io.BytesIO()
+    torch.save({"format": "dmad/1", "settings": "{}", "state": {}}, old)  # before the official port: retrain
+    with pytest.raises(ValueError, match="dmad/2"):
+        load_checkpoint(old.getvalue())
 
 
 def test_image_variant_scores_an_image_the_same_alone_or_in_a_batch():

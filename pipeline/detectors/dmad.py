@@ -450,7 +450,8 @@ class DMADDetector:
 
     Image variant: :meth:`score` scores each image on its own. Video variant: :meth:`score` takes the batch as
     consecutive frames of one clip; the first ``in_frames`` frames have no prediction and get score NaN and an
-    all-zero map, the rest get :func:`video_frame_scores` of the batch (so scores rank frames within the batch).
+    all-zero map, the rest get :func:`video_frame_scores` of the batch (so scores rank frames within the batch;
+    background 0).
     Use :meth:`score_clip` on whole clips to keep the per-video normalisation per video.
     """
 
