@@ -9,8 +9,10 @@ masks) and then used unchanged on unseen objects:
   tokens (shared by both prompts); the text encoder itself stays frozen;
 - DPAM (diagonally prominent attention map): from vision layer ``dpam_start`` on, a second path runs beside the
   original one with V-V self-attention (q and k replaced by v) and no MLP, as CLIP Surgery; the class token (global
-  embedding) is taken from the original path, so it equals open_clip's ``encode_image``; the patch tokens of
-  ``feature_layers`` are taken from the DPAM path and go through ``ln_post`` and ``proj``;
+  embedding) is taken from the original path and projected *without* ``ln_post``, as the official
+  ``VisionTransformer.forward`` (``x_ori[0] @ proj``; so it is not open_clip's ``encode_image``); the patch tokens
+  of ``feature_layers`` are taken from the DPAM path (from the original path before ``dpam_start``) and go through
+  ``ln_post`` and ``proj``;
 - each feature layer gives a 2-channel (normal, anomalous) softmax similarity map at ``1/temperature``; the anomaly
   map is the anomalous channel averaged over the layers, upsampled bilinearly and Gaussian-smoothed;
 - the image score is the softmax probability of "anomalous" for the global image embedding (as the official
@@ -19,12 +21,31 @@ masks) and then used unchanged on unseen objects:
   dice loss on each channel (anomalous vs the mask, normal vs its complement).
 
 Layer numbers are 1-based, as in the official code (``features_list=[6, 12, 18, 24]``, DPAM in layers 6..24 of
-ViT-L/14). Deliberate simplifications of the official code (github.com/zqhang/AnomalyCLIP): the anomaly map is the
-mean, not the sum, of the per-layer maps (same ranking, stays in 0..1); the image score leaves out the map maximum;
-the focal loss has no 1e-5 label smoothing; positional embeddings are resized (bicubic) only when ``image_size``
-differs from the CLIP's native size (the official code runs ViT-L/14@336 at 518 px); the unused vision-side prompt
-projections of the official prompt learner are not built; only open_clip's default residual blocks
-(``nn.MultiheadAttention``) are supported on the vision side.
+ViT-L/14: the official ``DPAM_layer=20`` is ``dpam_start = layers - DPAM_layer + 2``).
+
+Details that follow the official code (github.com/zqhang/AnomalyCLIP, checked against it by
+``tests/test_official_anomalyclip.py``): positional embeddings are resized *bilinearly* when ``image_size`` differs
+from the CLIP's native size (ViT-L/14@336 runs at 518 px); the deep text tokens are rounded to float16 before they
+replace the context positions (the official block calls ``.half()`` on them, also in float32 runs); the anomaly
+map uses the anomalous softmax channel (the official ``(p1 + 1 - p0) / 2`` is the same number).
+
+Released checkpoints: the authors' prompts were trained with code in which every "feature layer" of the DPAM path
+was in fact the last layer (the tokens were appended without a copy and the next blocks added to them in place;
+fixed upstream in April 2025, commit 2a7c886). They behave as published only with ``feature_layers=[24]``, which
+:mod:`pipeline.importers.anomalyclip` writes into the imported checkpoint; ``[6, 12, 18, 24]`` (the default, what the
+paper describes and what upstream computes now) stays available for prompts trained here.
+
+Remaining differences from the official code, and why:
+
+- the anomaly map is the *mean*, not the sum, of the per-layer maps: same ranking, and it stays in 0..1 for
+  thresholds and heatmaps (with the released checkpoint's single layer the two are equal);
+- the image score is the official ``test.py`` one (global softmax); some upstream versions add the map maximum;
+- CLIP runs in float32; the official code runs it in float16 on a GPU (the loaded OpenAI weights stay float16);
+- the focal loss has no 1e-5 label smoothing and the training loss has no ``lam = 4`` weight on the local terms
+  (added upstream after the release; ``focal_weight``/``dice_weight`` set it);
+- the official prompt learner's unused ``compound_prompt_projections`` (vision-side, never applied) are not built
+  and are dropped on import;
+- only open_clip's default residual blocks (``nn.MultiheadAttention``) are supported on the vision side.
 """
 
 from __future__ import annotations
@@ -55,7 +76,7 @@ class AnomalyCLIPSettings(BaseModel):
     clip_arch: str = "ViT-L-14-336"
     clip_weights: str = "none"
     seed: int = 111
-    image_size: int = Field(336, ge=16, le=1024, description="square input size: a multiple of the patch size")
+    image_size: int = Field(518, ge=16, le=1024, description="square input size: a multiple of the patch size")
     n_ctx: int = Field(12, ge=1, le=64, description="learnable context tokens per prompt")
     deep_prompt_depth: int = Field(9, ge=1, description="text layers with learnable tokens (layer 1 = input ctx)")
     deep_prompt_length: int = Field(4, ge=1, description="context positions replaced in deeper text layers")
@@ -120,7 +141,7 @@ class AnomalyCLIPPrompts(nn.Module):
         length = self.deep.shape[1]
         for i, block in enumerate(text.transformer.resblocks):
             if 1 <= i <= self.deep.shape[0]:
-                deep = self.deep[i - 1].to(x.dtype).expand(x.shape[0], -1, -1)
+                deep = self.deep[i - 1].half().to(x.dtype).expand(x.shape[0], -1, -1)  # float16 as official
                 x = torch.cat([x[:, :1], deep, x[:, 1 + length:]], dim=1)
             x = block(x, attn_mask=text.attn_mask)
         x = text.ln_final(x)
@@ -147,7 +168,7 @@ def _positional_embedding(visual: nn.Module, grid: int) -> Tensor:
     if native == grid:
         return pos
     patches = pos[1:].reshape(1, native, native, -1).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
+    patches = F.interpolate(patches, size=(grid, grid), mode="bilinear", align_corners=False)
     return torch.cat([pos[:1], patches.permute(0, 2, 3, 1).reshape(grid * grid, -1)])
 
 
@@ -187,8 +208,9 @@ def _dpam_block(block: nn.Module, x: Tensor, dpam: Tensor | None) -> tuple[Tenso
 
 def encode_image(clip_model: nn.Module, images: Tensor, feature_layers: list[int], dpam_start: int
                  ) -> tuple[Tensor, list[Tensor]]:
-    """``images``: CLIP-normalised ``[B,3,H,W]``. Returns the global embedding ``[B, embed_dim]`` (unnormalised, as
-    ``encode_image``) and, per feature layer, projected patch tokens ``[B, grid², embed_dim]``."""
+    """``images``: CLIP-normalised ``[B,3,H,W]``. Returns the global embedding ``[B, embed_dim]`` (unnormalised; the
+    class token projected without ``ln_post``, as the official code) and, per feature layer, projected patch tokens
+    ``[B, grid², embed_dim]``."""
     visual = clip_model.visual
     blocks = visual.transformer.resblocks
     if max(feature_layers) > len(blocks):
@@ -203,7 +225,7 @@ def encode_image(clip_model: nn.Module, images: Tensor, feature_layers: list[int
             x = block(x)
         if layer in feature_layers:
             taken.append(x if dpam is None else dpam)
-    pooled = visual.ln_post(x[:, 0]) @ visual.proj
+    pooled = x[:, 0] @ visual.proj
     patches = [visual.ln_post(t[:, 1:]) @ visual.proj for t in taken]
     return pooled, patches
 
