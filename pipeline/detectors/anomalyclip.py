@@ -40,7 +40,6 @@ Remaining differences from the official code, and why:
 - the anomaly map is the *mean*, not the sum, of the per-layer maps: same ranking, and it stays in 0..1 for
   thresholds and heatmaps (with the released checkpoint's single layer the two are equal);
 - the image score is the official ``test.py`` one (global softmax); some upstream versions add the map maximum;
-- CLIP runs in float32; the official code runs it in float16 on a GPU (the loaded OpenAI weights stay float16);
 - the focal loss has no 1e-5 label smoothing and the training loss has no ``lam = 4`` weight on the local terms
   (added upstream after the release; ``focal_weight``/``dice_weight`` set it);
 - the official prompt learner's unused ``compound_prompt_projections`` (vision-side, never applied) are not built
@@ -50,6 +49,7 @@ Remaining differences from the official code, and why:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 from collections.abc import Iterable
@@ -131,6 +131,13 @@ class AnomalyCLIPPrompts(nn.Module):
         self.ctx = nn.Parameter(torch.randn(2, settings.n_ctx, width) * 0.02)
         self.deep = nn.Parameter(torch.randn(settings.deep_prompt_depth - 1, settings.deep_prompt_length, width) * 0.02)
 
+    def fixed_token_embeddings(self, clip_model: nn.Module) -> Tensor:
+        """``[rows, width]``: the token embeddings of both prompts outside the context (start token, then
+        "object." / "damaged object.", end token and padding), normal prompt first: what the official prompt
+        learner keeps as ``token_prefix_*``/``token_suffix_*`` buffers."""
+        tokens = _text_tower(clip_model).token_embedding(self.token_ids)
+        return torch.cat([torch.cat([t[:1], t[1 + self.n_ctx:]]) for t in tokens])
+
     def forward(self, clip_model: nn.Module) -> Tensor:
         """Normalised text embeddings ``[2, embed_dim]``: row 0 normal, row 1 anomalous."""
         text = _text_tower(clip_model)
@@ -149,6 +156,12 @@ class AnomalyCLIPPrompts(nn.Module):
         projection = text.text_projection
         pooled = projection(pooled) if isinstance(projection, nn.Linear) else pooled @ projection
         return F.normalize(pooled, dim=-1)
+
+
+def token_embedding_sha256(rows: Tensor) -> str:
+    """A fingerprint of the CLIP token embeddings a prompt was trained with (:meth:`AnomalyCLIPPrompts.
+    fixed_token_embeddings`), rounded to float16 (OpenAI's weights are float16, so every lossless copy agrees)."""
+    return "sha256:" + hashlib.sha256(rows.detach().cpu().half().contiguous().numpy().tobytes()).hexdigest()
 
 
 def build_prompts(settings: AnomalyCLIPSettings, clip_model: nn.Module) -> AnomalyCLIPPrompts:
@@ -316,7 +329,9 @@ def save_checkpoint(prompts: AnomalyCLIPPrompts, settings: AnomalyCLIPSettings, 
 def load_checkpoint(data: bytes, storage: Storage, clip_arch: str | None = None, clip_weights: str | None = None,
                     device: str = "cpu") -> AnomalyCLIPDetector:
     """``clip_arch``/``clip_weights`` override the stored ones. Prompts trained against real CLIP weights are
-    refused with other weights; prompts trained against a random init (tests, smoke runs) are not checked."""
+    refused with other weights; prompts trained against a random init (tests, smoke runs) are not checked. An
+    imported checkpoint (:mod:`pipeline.importers.anomalyclip`) carries ``clip_token_sha256`` instead: the CLIP's
+    token embeddings must be those the authors trained with, whatever file they come from."""
     payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"not an AnomalyCLIP checkpoint (expected format {CHECKPOINT_FORMAT})")
@@ -325,7 +340,9 @@ def load_checkpoint(data: bytes, storage: Storage, clip_arch: str | None = None,
     settings = AnomalyCLIPSettings.model_validate({**settings.model_dump(), **overrides})
     clip_model, fingerprint = load_clip(settings.clip_arch, settings.clip_weights, settings.seed, storage)
     trained_with = payload["clip_fingerprint"]
-    if fingerprint != trained_with and not trained_with.startswith(RANDOM_FINGERPRINT_PREFIX):
+    token_sha256 = payload.get("clip_token_sha256")
+    if (token_sha256 is None and fingerprint != trained_with
+            and not trained_with.startswith(RANDOM_FINGERPRINT_PREFIX)):
         raise ValueError(f"CLIP {settings.clip_arch} with weights {settings.clip_weights} has fingerprint "
                          f"{fingerprint}; the prompts were trained with {trained_with}")
     prompts = build_prompts(settings, clip_model)
@@ -333,6 +350,9 @@ def load_checkpoint(data: bytes, storage: Storage, clip_arch: str | None = None,
         prompts.load_state_dict(payload["state"])
     except RuntimeError as exc:
         raise ValueError(f"checkpoint prompts do not fit CLIP {settings.clip_arch}: {exc}") from exc
+    if token_sha256 is not None and token_embedding_sha256(prompts.fixed_token_embeddings(clip_model)) != token_sha256:
+        raise ValueError(f"clip_weights={settings.clip_weights}: these CLIP token embeddings are not those the "
+                         f"prompts were trained with ({trained_with})")
     return AnomalyCLIPDetector(clip_model.to(device), prompts.to(device), settings, fingerprint,
                                version=checkpoint_version(data), device=device)
 
