@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,22 @@ from pipeline.features.clip import OPENAI_TORCHSCRIPT_EXTRAS
 from pipeline.io.storage import Storage
 
 _CLIP_KEYS = ("visual.conv1.weight", "token_embedding.weight", "text_projection")
+# Buffers that are no weights: OpenAI's model settings, and the causal text mask that a TorchScript export of an
+# open_clip model stores (open_clip keeps it out of its own state_dict and rebuilds it).
+_NOT_WEIGHTS = (*OPENAI_TORCHSCRIPT_EXTRAS, "attn_mask")
 
 
 def convert(source: Path, out: str, storage: Storage) -> dict[str, Any]:
     """Write the plain state_dict of the TorchScript CLIP file ``source`` to ``out``; returns what was written."""
     data = Path(source).read_bytes()
     try:
-        archive = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        with warnings.catch_warnings():  # TorchScript's deprecation: the reason to convert once, said above
+            warnings.simplefilter("ignore", FutureWarning)
+            archive = torch.jit.load(io.BytesIO(data), map_location="cpu")
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"source={source}: not a TorchScript archive ({str(exc).splitlines()[0]})") from exc
-    state = {k: v.detach().clone() for k, v in archive.state_dict().items() if k not in OPENAI_TORCHSCRIPT_EXTRAS}
+        reason = str(exc).splitlines()[0].split(". ")[0]
+        raise ValueError(f"source={source}: not a TorchScript archive ({reason})") from exc
+    state = {k: v.detach().clone() for k, v in archive.state_dict().items() if k not in _NOT_WEIGHTS}
     missing = [k for k in _CLIP_KEYS if k not in state]
     if missing:
         raise ValueError(f"source={source}: not an OpenAI CLIP model (no {missing})")

@@ -1,0 +1,97 @@
+"""The released-prompt importer, on a file in the released format made by the official code itself
+(tests/data/official/anomalyclip/prompt_learner.pth: the official ``AnomalyCLIP_PromptLearner`` of a tiny CLIP,
+saved as ``{"prompt_learner": state_dict}`` as the authors' ``epoch_15.pth``)."""
+
+import io
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import StorageSettings
+from pipeline.detectors.anomalyclip import CHECKPOINT_FORMAT, AnomalyCLIPDetector, AnomalyCLIPSettings
+from pipeline.detectors.checkpoints import pack
+from pipeline.importers.anomalyclip import convert
+from pipeline.io.storage import Storage
+from tests.test_official_anomalyclip import DATA, openai_state_file
+
+STORAGE = Storage(StorageSettings())
+SOURCE = DATA / "prompt_learner.pth"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def for_tiny_clip(data: bytes) -> bytes:
+    """The imported checkpoint with the layer numbers of the 6-layer test CLIP (ViT-L's 24 -> 6, DPAM from 3) and
+    its 48 px inputs; everything else, the token check included, as imported."""
+    payload = torch.load(io.BytesIO(data), weights_only=True)
+    settings = AnomalyCLIPSettings.model_validate_json(payload["settings"]).model_copy(
+        update={"feature_layers": [6], "dpam_start": 3, "image_size": 48})
+    extra = {k: payload[k] for k in ("clip_fingerprint", "clip_token_sha256")}
+    return pack(CHECKPOINT_FORMAT, settings.model_dump_json(), payload["state"], **extra)
+
+
+def test_released_prompts_import_with_their_settings_and_score_as_the_official_code(tmp_path):
+    out = tmp_path / "anomalyclip-released.pt"
+    applied = convert(SOURCE, str(out), STORAGE)
+    settings = applied["settings"]
+    assert settings["feature_layers"] == [24] and settings["dpam_start"] == 6 and settings["image_size"] == 518
+    assert settings["clip_arch"] == "ViT-L-14-336" and settings["clip_weights"] == "openai"
+    assert (settings["n_ctx"], settings["deep_prompt_depth"], settings["deep_prompt_length"]) == (4, 3, 2)
+    assert applied["clip_token_check"] and applied["dropped"] == [
+        "compound_prompt_projections.0.bias", "compound_prompt_projections.0.weight",
+        "compound_prompt_projections.1.bias", "compound_prompt_projections.1.weight"]
+    payload = torch.load(out, weights_only=True)
+    assert set(payload["state"]) == {"ctx", "deep"}
+
+    (tmp_path / "tiny.pt").write_bytes(for_tiny_clip(out.read_bytes()))
+    weights = str(openai_state_file(tmp_path))
+    detector = AnomalyCLIPDetector.load(STORAGE, str(tmp_path / "tiny.pt"), "tiny-vit-openai-test", weights)
+    reference = torch.load(DATA / "reference_released.pt", weights_only=True)
+    scored = detector.score(torch.load(DATA / "inputs.pt", weights_only=True)["images"])
+    torch.testing.assert_close(torch.from_numpy(scored.scores), reference["image_scores"], atol=1e-4, rtol=0)
+    official_layers = len(reference["settings"]["features_list"])  # the official map sums 4 copies of layer 6
+    torch.testing.assert_close(torch.from_numpy(scored.maps) * official_layers, reference["pixel_maps"], atol=1e-4,
+                               rtol=0)
+
+
+def test_other_clip_weights_are_refused(tmp_path):
+    out = tmp_path / "imported.pt"
+    convert(SOURCE, str(out), STORAGE)
+    (tmp_path / "tiny.pt").write_bytes(for_tiny_clip(out.read_bytes()))
+    state = torch.load(openai_state_file(tmp_path), weights_only=True)
+    state["token_embedding.weight"][49406] += 0.01  # the start token: same shapes, other weights
+    torch.save(state, tmp_path / "other.pt")
+    for weights in (str(tmp_path / "other.pt"), "none"):
+        with pytest.raises(ValueError, match="token embeddings are not those the prompts were trained with"):
+            AnomalyCLIPDetector.load(STORAGE, str(tmp_path / "tiny.pt"), "tiny-vit-openai-test", weights)
+
+
+class NotATensor:
+    pass
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    ([1, 2], "expected {\"prompt_learner\": state_dict}"),
+    ({"state_dict": {}}, "expected {\"prompt_learner\": state_dict}"),
+    ({"prompt_learner": {"ctx_pos": torch.zeros(1, 1, 4, 8)}}, r"lacks \['ctx_neg'\]"),
+    ({"prompt_learner": {"ctx_pos": torch.zeros(4, 8), "ctx_neg": torch.zeros(4, 8)}}, r"\[1, 1, n_ctx, width\]"),
+    ({"prompt_learner": {"ctx_pos": torch.zeros(1, 1, 4, 8), "ctx_neg": torch.zeros(1, 1, 4, 8)}},
+     "no compound_prompts_text"),
+    ({"prompt_learner": {"ctx_pos": torch.zeros(1, 1, 4, 8), "ctx_neg": torch.zeros(1, 1, 4, 8),
+                         "compound_prompts_text.1": torch.zeros(2, 8)}}, r"indices \[1\] are not 0..n-1"),
+])
+def test_files_that_are_not_released_prompts_are_refused_in_one_line(tmp_path, payload, message):
+    source = tmp_path / "source.pth"
+    torch.save(payload, source)
+    with pytest.raises(ValueError, match=message):
+        convert(source, str(tmp_path / "out.pt"), STORAGE)
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_pickled_objects_are_never_unpickled(tmp_path):
+    source = tmp_path / "object.pth"
+    torch.save({"prompt_learner": NotATensor()}, source, pickle_module=pickle)
+    with pytest.raises(ValueError, match="not a torch checkpoint of plain tensors"):
+        convert(Path(source), str(tmp_path / "out.pt"), STORAGE)
