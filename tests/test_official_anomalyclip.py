@@ -5,7 +5,9 @@ were made): the same tiny OpenAI-layout CLIP, the same released-format prompt le
 CLIP, so positional embeddings are resized). ``released``: the code the authors' checkpoints were trained with
 (four "feature layers", all of them in fact the last one), which ours reproduces with ``feature_layers=[6]`` (the
 tiny CLIP's last layer; 24 for ViT-L). Our anomaly map is the mean of the layer maps where the official one is the
-sum, so the official map is compared with ours times the number of official layers. Reached: max abs diff < 2e-6.
+sum, so the official map is compared with ours times the number of official layers. Tolerance 1e-4; reached (both
+cases, CPU float32): pixel maps 5.7e-6, layer maps 2.0e-6, text features 3.1e-7, image features 1.2e-7, image
+scores 0.
 """
 
 from pathlib import Path
@@ -94,7 +96,6 @@ def test_outputs_equal_the_official_code(case, clip):
         "image scores": max_diff(torch.from_numpy(out.scores), reference["image_scores"]),
         "pixel maps": max_diff(torch.from_numpy(out.maps) * official_layers, reference["pixel_maps"]),
     }
-    print(case, diffs)
     assert max(diffs.values()) <= TOLERANCE, diffs
 
 
