@@ -32,8 +32,9 @@ map uses the anomalous softmax channel (the official ``(p1 + 1 - p0) / 2`` is th
 Released checkpoints: the authors' prompts were trained with code in which every "feature layer" of the DPAM path
 was in fact the last layer (the tokens were appended without a copy and the next blocks added to them in place;
 fixed upstream in April 2025, commit 2a7c886). They behave as published only with ``feature_layers=[24]``, which
-:mod:`pipeline.importers.anomalyclip` writes into the imported checkpoint; ``[6, 12, 18, 24]`` (the default, what the
-paper describes and what upstream computes now) stays available for prompts trained here.
+:mod:`pipeline.importers.anomalyclip` writes into the imported checkpoint (upstream's ``train.sh``/``test.sh`` now pass
+``--features_list 24`` too, commit cc0cfba); ``[6, 12, 18, 24]`` (the default: the four layers the paper describes)
+stays available for prompts trained here.
 
 Remaining differences from the official code, and why:
 
