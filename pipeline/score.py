@@ -26,7 +26,7 @@ from pipeline.detectors.checkpoints import checkpoint_version
 from pipeline.detectors.dmad import DMADDetector, video_frame_scores
 from pipeline.detectors.patchcore import PatchCoreDetector
 from pipeline.errors import RunIncomplete
-from pipeline.features.preprocess import to_input_tensor
+from pipeline.features.preprocess import Preprocess
 from pipeline.io import heatmaps, sinks
 from pipeline.io.batches import Decoded, Failed, iter_batches
 from pipeline.io.decode import decode_image
@@ -99,7 +99,8 @@ def inctrl_prompts(cfg: ScoreConfig, storage: Storage, checkpoint: bytes) -> tor
     if len(uris) < shots:
         raise ValueError(f"prompts={cfg.prompts}: {len(uris)} images, shots={shots} needs at least that many")
     chosen = inctrl.choose_prompts(uris, shots, settings.seed)
-    return torch.stack([to_input_tensor(decode_image(storage.read_bytes(u), cfg.decode.max_pixels), settings.image_size)
+    preprocess = Preprocess(settings.image_size, interpolation=settings.interpolation)
+    return torch.stack([preprocess(decode_image(storage.read_bytes(u), cfg.decode.max_pixels))
                         for u in chosen])
 
 
@@ -140,7 +141,7 @@ class ScoreWorker:
             rows = self._score_clip_unit(unit)
             return self._finish(unit, rows)
         rows: list[dict[str, Any]] = []
-        batches = iter_batches(self.storage, unit, cfg.decode, det.image_size, cfg.batch_size, self.threads)
+        batches = iter_batches(self.storage, unit, cfg.decode, det.preprocess, cfg.batch_size, self.threads)
         for batch in prefetched(batches):  # the next batch decodes while this one is scored
             rows += [self._error_row(unit, f) for f in batch.failed]
             if batch.tensor is None:
@@ -159,6 +160,8 @@ class ScoreWorker:
                 amap: np.ndarray | None, latency: float) -> dict[str, Any]:
         cfg, det = self.cfg, self.detector
         heatmap_uri = None
+        if amap is not None:
+            amap = det.preprocess.uncrop(amap)  # in step with the whole input, not just the scored crop
         policy = cfg.video.heatmaps if unit.video else cfg.heatmaps
         if amap is not None and (policy == "all" or (policy == "anomalous" and anomalous)):
             heatmap_uri = join(cfg.output, self.run_id, "heatmaps", unit.unit_id,
@@ -191,7 +194,7 @@ class ScoreWorker:
         span = WorkUnit(unit.unit_id, video=unit.video, frame_start=lead, frame_end=unit.frame_end,
                         frame_stride=unit.frame_stride)
         items, failed = [], []
-        for batch in iter_batches(self.storage, span, cfg.decode, det.image_size, cfg.batch_size, self.threads):
+        for batch in iter_batches(self.storage, span, cfg.decode, det.preprocess, cfg.batch_size, self.threads):
             failed += batch.failed
             if batch.tensor is not None:
                 items += list(zip(batch.items, batch.tensor, strict=True))

@@ -40,6 +40,7 @@ from pipeline.detectors.dmad import (
 from pipeline.detectors.inctrl import InCTRLSettings, train_inctrl
 from pipeline.detectors.inctrl import save_checkpoint as save_inctrl
 from pipeline.features.clip import load_clip
+from pipeline.features.preprocess import Preprocess
 from pipeline.io.batches import iter_batches
 from pipeline.io.labelled import load_labelled
 from pipeline.io.sources import Listing, list_inputs, plan_units, plan_video_units
@@ -84,7 +85,8 @@ def train_clip_detector(cfg: TrainConfig) -> dict[str, Any]:
     settings = cfg.clip_settings()
     clip_model, clip_fingerprint = load_clip(settings.clip_arch, settings.clip_weights, settings.seed, storage)
     clip_model = clip_model.to(device)
-    aux = load_labelled(storage, cfg.aux, settings.image_size, cfg.decode)
+    aux = load_labelled(storage, cfg.aux, Preprocess(settings.image_size, interpolation=settings.interpolation),
+                        cfg.decode)
     if cfg.detector == "anomalyclip":
         rng = np.random.default_rng(cfg.seed)
 
@@ -130,9 +132,10 @@ class DMADTrainWorker:
         mine = files[self.rank::self.world] if split_files else files
         units = (plan_video_units(self.storage, mine, cfg.video.model_copy(update={"frames_per_unit": 10**9}))
                  if video else plan_units(Listing(mine, [], []), 10**9)[0])
+        preprocess = Preprocess(cfg.dmad.image_size, interpolation=cfg.dmad.interpolation)
         samples = []
         for unit in units:
-            frames = [b.tensor for b in iter_batches(self.storage, unit, cfg.decode, cfg.dmad.image_size, 64)
+            frames = [b.tensor for b in iter_batches(self.storage, unit, cfg.decode, preprocess, 64)
                       if b.tensor is not None]
             if not frames:
                 continue

@@ -32,10 +32,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
+from pipeline.config import Interpolation
 from pipeline.detectors.base import ScoreBatch
 from pipeline.detectors.checkpoints import checkpoint_version, pack
 from pipeline.features.clip import load_clip, normalize, tokenizer
-from pipeline.features.preprocess import gaussian_blur
+from pipeline.features.preprocess import Preprocess, gaussian_blur
 from pipeline.io.storage import Storage
 
 CHECKPOINT_FORMAT = "inctrl/1"
@@ -61,6 +62,7 @@ class InCTRLSettings(BaseModel):
     clip_weights: str = Field("none", min_length=1, description="see pipeline.features.clip.load_clip")
     seed: int = Field(0, description="CLIP init (weights='none'), head init and training batches")
     image_size: int = Field(240, ge=16, le=1024, description="must equal the ViT's input size")
+    interpolation: Interpolation = Field("bicubic", description="resize filter (official: bicubic)")
     shots: int = Field(4, ge=1, le=64, description="k normal prompt images per query")
     patch_layers: list[int] = Field(default_factory=lambda: [7, 9, 11],
                                     description="1-based ViT blocks whose patch tokens give residual maps")
@@ -322,6 +324,7 @@ class InCTRLDetector:
         self.settings = settings
         self.device = device
         self.image_size = settings.image_size
+        self.preprocess = Preprocess(settings.image_size, interpolation=settings.interpolation)
         self.threshold: float | None = None
         self.version = version or checkpoint_version(save_checkpoint(heads, settings, "unsaved"))
         if tuple(prompts.shape) != (settings.shots, 3, self.image_size, self.image_size):

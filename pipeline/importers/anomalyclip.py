@@ -33,7 +33,7 @@ from pipeline.io.storage import Storage
 
 RELEASED_SETTINGS: dict[str, Any] = {
     "clip_arch": "ViT-L-14-336", "clip_weights": "openai", "image_size": 518, "dpam_start": 6,
-    "feature_layers": [24], "temperature": 0.07, "sigma": 4.0,
+    "feature_layers": [24], "temperature": 0.07, "sigma": 4.0, "interpolation": "bicubic",
 }
 RELEASED_CLIP = "openai:ViT-L/14@336px"
 _DEEP_KEY = re.compile(r"compound_prompts_text\.(\d+)$")
