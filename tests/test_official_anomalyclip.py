@@ -12,8 +12,10 @@ scores 0.
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from scipy.ndimage import gaussian_filter
 
 from pipeline.config import StorageSettings
 from pipeline.detectors.anomalyclip import (
@@ -24,6 +26,7 @@ from pipeline.detectors.anomalyclip import (
     similarity_maps,
 )
 from pipeline.features.clip import load_clip, normalize, uses_quick_gelu
+from pipeline.features.preprocess import gaussian_blur
 from pipeline.importers.anomalyclip import prompt_tensors, read_prompt_learner
 from pipeline.io.storage import Storage
 
@@ -105,3 +108,12 @@ def test_released_layers_are_all_the_last_one_and_differ_from_the_fixed_code():
     fixed = torch.load(DATA / "reference_fixed.pt", weights_only=True)["similarity_maps"]
     assert all(torch.equal(layer, released[-1]) for layer in released)
     assert torch.equal(fixed[-1], released[-1]) and max_diff(fixed[0], fixed[-1]) > 0.1
+
+
+@pytest.mark.parametrize(("shape", "sigma"), [((2, 48, 48), 4.0), ((1, 5, 7), 4.0), ((1, 30, 41), 1.5)])
+def test_map_smoothing_equals_scipy_gaussian_filter(shape, sigma):
+    """The official maps go through ``scipy.ndimage.gaussian_filter`` (mode ``reflect``), also on maps smaller
+    than the kernel radius."""
+    maps = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    official = np.stack([gaussian_filter(m, sigma=sigma) for m in maps.numpy()])
+    assert np.abs(gaussian_blur(maps, sigma).numpy() - official).max() < 1e-6
