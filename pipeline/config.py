@@ -151,7 +151,8 @@ class ScoreConfig(JobConfig):
     clip_weights: str | None = Field(None, description="anomalyclip/inctrl: CLIP weights (path, s3://, tag, none)")
     shots: int | None = Field(None, ge=1, le=64, description="inctrl: number of normal prompt images")
     prompts: str | None = Field(None, min_length=1,
-                                description="normal images to draw prompts from; needed by detector inctrl")
+                                description="inctrl (needed): normal images to draw prompts from, or an "
+                                            "authors' few-shot file {class}.pt")
     output: str = Field(min_length=1, description="results go to OUTPUT/RUN_NAME: scores, heatmaps, summary")
     detector: Literal["patchcore", "dmad", "anomalyclip", "inctrl"] = Field(
         "patchcore", description="model that scores: a PatchCore bank, or a checkpoint from jobs.train")

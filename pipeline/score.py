@@ -90,18 +90,21 @@ def resolve_model(storage: Storage, cfg: ScoreConfig) -> ModelRef:
     return ModelRef(cfg.model, version, None, {"model.version": version}, json.dumps({"uri": cfg.model}).encode())
 
 
-def inctrl_prompts(cfg: ScoreConfig, storage: Storage, checkpoint: bytes) -> torch.Tensor:
-    """The few-shot normal prompts: ``shots`` images chosen deterministically from ``prompts``."""
+def inctrl_prompts(cfg: ScoreConfig, storage: Storage, checkpoint: bytes) -> inctrl.PromptSet:
+    """The few-shot normal prompts: an authors' few-shot file as it is, or ``shots`` images chosen
+    deterministically from the images under ``prompts``."""
     settings = inctrl.InCTRLSettings.model_validate_json(
         torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)["settings"])
+    if inctrl.is_prompt_file(cfg.prompts):
+        return inctrl.read_prompt_file(storage.read_bytes(cfg.prompts), cfg.prompts, settings.image_size, cfg.shots)
     shots = cfg.shots or settings.shots
     uris = [u for u in storage.list_files(cfg.prompts) if is_image(u)]
     if len(uris) < shots:
         raise ValueError(f"prompts={cfg.prompts}: {len(uris)} images, shots={shots} needs at least that many")
     chosen = inctrl.choose_prompts(uris, shots, settings.seed)
     preprocess = Preprocess(settings.image_size, interpolation=settings.interpolation)
-    return torch.stack([preprocess(decode_image(storage.read_bytes(u), cfg.decode.max_pixels))
-                        for u in chosen])
+    return inctrl.PromptSet(torch.stack([preprocess(decode_image(storage.read_bytes(u), cfg.decode.max_pixels))
+                                         for u in chosen]))
 
 
 def load_detector(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> Detector:
@@ -113,8 +116,9 @@ def load_detector(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: s
     if cfg.detector == "anomalyclip":
         return AnomalyCLIPDetector.load(storage, model.uri, cfg.clip_arch, cfg.clip_weights, device=device)
     data = storage.read_bytes(model.uri)
-    return inctrl.load_checkpoint(data, storage, inctrl_prompts(cfg, storage, data), cfg.clip_arch, cfg.clip_weights,
-                                  cfg.shots, device=device)
+    prompts = inctrl_prompts(cfg, storage, data)
+    return inctrl.load_checkpoint(data, storage, prompts.images, cfg.clip_arch, cfg.clip_weights, len(prompts.images),
+                                  device=device, object_name=prompts.object_name)
 
 
 class ScoreWorker:

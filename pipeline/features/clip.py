@@ -4,8 +4,9 @@
 ``s3://``, loaded with ``weights_only=True``), or an open_clip pretrained tag such as
 ``laion400m_e32`` (downloads where the network allows). The ``tiny-vit-test`` architecture is a
 registered 64-px, 4-layer ViT with a 3-layer text tower: the same code path as ViT-L-14-336 or
-ViT-B-16-plus-240, small enough for CPU tests; ``tiny-vit-openai-test`` has OpenAI's head width (64),
-so the official AnomalyCLIP/CLIP model builders accept its state_dict too (reference tests).
+ViT-B-16-plus-240, small enough for CPU tests; ``tiny-inctrl-test`` is a narrow 240-px ViT with InCTRL's shapes;
+``tiny-vit-openai-test`` has OpenAI's head width (64), so the official AnomalyCLIP/CLIP model builders accept its
+state_dict too (reference tests).
 
 Activation: OpenAI's CLIP (and e.g. LAION's ``laion400m_*`` ViT-B-32 weights) were trained with QuickGELU;
 open_clip only warns when such weights meet a GELU config. Here the activation follows the weights
@@ -45,6 +46,12 @@ TINY_CONFIGS = {
         "vision_cfg": {"image_size": 32, "layers": 6, "width": 64, "head_width": 64, "patch_size": 8},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 3},
     },
+    # ViT-B-16-plus-240's input size, grid and embedding width (what the official InCTRL heads are built for)
+    "tiny-inctrl-test": {
+        "embed_dim": 640,
+        "vision_cfg": {"image_size": 240, "layers": 12, "width": 16, "head_width": 8, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+    },
 }
 # Entries of the state_dict of OpenAI's TorchScript CLIP files that are no weights; they mark OpenAI's origin.
 OPENAI_TORCHSCRIPT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
@@ -82,7 +89,7 @@ def load_clip(arch: str, weights: str, seed: int, storage: Storage) -> tuple[nn.
             payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001
             raise ClipWeightsError(f"clip_weights={weights}: cannot load a state_dict ({exc})") from exc
-        state, quick_gelu = _state_and_activation(payload)
+        state, quick_gelu = _state_and_activation(payload, weights)
         model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=_force_quick_gelu(arch, weights,
                                                                                                  quick_gelu))
         try:
@@ -107,10 +114,10 @@ def uses_quick_gelu(model: nn.Module) -> bool:
     return isinstance(model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
 
 
-def _state_and_activation(payload: object) -> tuple[dict, bool | None]:
+def _state_and_activation(payload: object, weights: str) -> tuple[dict, bool | None]:
     """The state_dict in a loaded file, and whether its weights need QuickGELU (None: the file does not say)."""
     if not isinstance(payload, dict):
-        raise ClipWeightsError(f"expected a state_dict, got {type(payload).__name__}")
+        raise ClipWeightsError(f"clip_weights={weights}: expected a state_dict, got {type(payload).__name__}")
     state = payload.get("state_dict", payload)
     quick_gelu = payload.get("quick_gelu")
     if any(key in state for key in OPENAI_TORCHSCRIPT_EXTRAS):
