@@ -2,18 +2,26 @@
 (tests/data/official/anomalyclip/prompt_learner.pth: the official ``AnomalyCLIP_PromptLearner`` of a tiny CLIP,
 saved as ``{"prompt_learner": state_dict}`` as the authors' ``epoch_15.pth``)."""
 
+import hashlib
 import io
 import pickle
 from pathlib import Path
 
+import mlflow
+import numpy as np
 import pytest
+import s3fs
 import torch
 
-from pipeline.config import StorageSettings
+from jobs import import_checkpoint as import_job
+from pipeline.config import ScoreConfig, StorageSettings
 from pipeline.detectors.anomalyclip import CHECKPOINT_FORMAT, AnomalyCLIPDetector, AnomalyCLIPSettings
-from pipeline.detectors.checkpoints import pack
+from pipeline.detectors.checkpoints import checkpoint_version, pack
 from pipeline.importers.anomalyclip import convert
+from pipeline.io.decode import decode_image
 from pipeline.io.storage import Storage
+from pipeline.score import run_score
+from pipeline.video_summary import read_rows
 from tests.test_official_anomalyclip import DATA, openai_state_file
 
 STORAGE = Storage(StorageSettings())
@@ -95,3 +103,40 @@ def test_pickled_objects_are_never_unpickled(tmp_path):
     torch.save({"prompt_learner": NotATensor()}, source, pickle_module=pickle)
     with pytest.raises(ValueError, match="not a torch checkpoint of plain tensors"):
         convert(Path(source), str(tmp_path / "out.pt"), STORAGE)
+
+
+def test_import_job_logs_the_release_and_the_checkpoint_scores_through_jobs_score_on_s3(
+        ray_runtime, dataset, s3_endpoint, tmp_path):
+    """``jobs.import_checkpoint --format anomalyclip`` (MLflow: the source's sha256), then the checkpoint and the
+    converted CLIP on s3:// scored by ``jobs.score --model s3://... --clip-weights s3://...``."""
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    local = tmp_path / "models" / "aclip.pt"
+    code = import_job.main(["--format", "anomalyclip", "--source", str(SOURCE), "--out", str(local),
+                            "--tracking-uri", tracking])
+    assert code == 0 and local.is_file()
+    client = mlflow.MlflowClient(tracking)
+    run = client.search_runs([client.get_experiment_by_name("anomaly-detection").experiment_id])[0]
+    assert run.data.params["format"] == "anomalyclip"
+    assert run.data.params["source_sha256"] == "sha256:" + hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+
+    settings = StorageSettings(endpoint_url=s3_endpoint, key="testing", secret="testing")
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_endpoint},
+                           skip_instance_cache=True)
+    if not fs.exists("models"):
+        fs.mkdir("models")
+    storage = Storage(settings)
+    storage.write_bytes("s3://models/aclip-tiny.pt", for_tiny_clip(local.read_bytes()))
+    storage.write_bytes("s3://models/clip-openai.pt", openai_state_file(tmp_path).read_bytes())
+    summary = run_score(ScoreConfig.model_validate({
+        "input": str(dataset / "test"), "detector": "anomalyclip", "model": "s3://models/aclip-tiny.pt",
+        "clip_arch": "tiny-vit-openai-test", "clip_weights": "s3://models/clip-openai.pt",
+        "output": str(tmp_path / "out"), "run_name": "imported", "storage": settings.model_dump(),
+        "runtime": {"workers": 1}, "tracking": {"enabled": False}}))
+    rows = read_rows(STORAGE, summary["output"], columns=None)
+    assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
+    assert {r["model_version"] for r in rows} == {checkpoint_version(storage.read_bytes("s3://models/aclip-tiny.pt"))}
+    detector = AnomalyCLIPDetector.load(storage, "s3://models/aclip-tiny.pt", "tiny-vit-openai-test",
+                                        "s3://models/clip-openai.pt")
+    for row in rows[:2]:
+        image = detector.preprocess(decode_image(Path(row["source_uri"]).read_bytes(), 10**8))
+        assert np.isclose(row["score"], detector.score(image[None]).scores[0], atol=1e-5)
