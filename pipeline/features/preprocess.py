@@ -63,9 +63,8 @@ class Preprocess:
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of ``[B,H,W]`` maps as ``scipy.ndimage.gaussian_filter`` (the
-    official PatchCore code's): radius ``int(4*sigma+0.5)``, ``reflect`` borders (the edge sample
-    repeated: ``c b a | a b c | c b a``, periodically for a radius beyond the map)."""
+    """Separable Gaussian smoothing of ``[B,H,W]`` maps, as ``scipy.ndimage.gaussian_filter`` (the official
+    detectors' smoothing): radius ``int(4*sigma+0.5)``, borders extended with scipy's ``reflect`` mode."""
     if sigma <= 0:
         return maps
     radius = int(4 * sigma + 0.5)
@@ -73,12 +72,15 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = kernel / kernel.sum()
     out = maps.unsqueeze(1)
-    out = F.conv2d(out.index_select(-1, _reflected(out.shape[-1], radius, maps.device)), kernel.view(1, 1, 1, -1))
-    out = F.conv2d(out.index_select(-2, _reflected(out.shape[-2], radius, maps.device)), kernel.view(1, 1, -1, 1))
+    out = out[..., _reflect_indices(out.shape[-1], radius, maps.device)]
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1))
+    out = out[..., _reflect_indices(out.shape[-2], radius, maps.device), :]
+    out = F.conv2d(out, kernel.view(1, 1, -1, 1))
     return out.squeeze(1)
 
 
-def _reflected(n: int, radius: int, device: torch.device) -> torch.Tensor:
-    """Indices of a length-``n`` axis padded by ``radius`` on both sides with scipy's ``reflect`` rule."""
+def _reflect_indices(n: int, radius: int, device: torch.device) -> torch.Tensor:
+    """Indices extending ``0..n-1`` by ``radius`` each side as scipy's ``reflect`` (d c b a | a b c d | d c b a),
+    for any radius (torch's ``reflect`` padding is scipy's ``mirror``, and stops at ``n - 1``)."""
     i = torch.arange(-radius, n + radius, device=device) % (2 * n)
     return torch.where(i >= n, 2 * n - 1 - i, i)
