@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+Interpolation = Literal["bilinear", "bicubic"]
+
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the setting."""
@@ -75,14 +77,24 @@ class VideoSettings(_Strict):
 class PatchCoreSettings(_Strict):
     backbone: Literal["resnet18", "resnet50", "wide_resnet50_2"] = Field(
         "resnet18", description="CNN whose intermediate features describe the patches")
-    weights: str = Field("none", min_length=1,
-                         description="backbone weights: path, s3:// URI, 'torchvision', or 'none' for random init")
+    weights: str = Field(
+        "none", min_length=1,
+        description="backbone weights: path, s3:// URI, 'torchvision:ENUM' (torchvision:IMAGENET1K_V1, "
+                    "torchvision:IMAGENET1K_V2, torchvision:DEFAULT; plain 'torchvision' = IMAGENET1K_V1, as the "
+                    "paper), or 'none' for random init")
     seed: int = Field(0, description="random init (weights 'none'), projection and coreset sampling")
     layers: list[Literal["layer1", "layer2", "layer3"]] = Field(
         ["layer2", "layer3"], description="backbone stages whose features are combined")
     image_size: int = Field(256, ge=32, le=2048, description="images are resized to this square size, in pixels")
+    crop_fraction: float = Field(
+        0.875, ge=0.125, le=1, description="then the centred crop of this fraction of image_size is scored (official "
+                                          "PatchCore: resize 256, crop 224 = 0.875); 1: no crop")
+    interpolation: Interpolation = Field("bilinear", description="resize filter (antialiased, as PIL)")
     pretrain_embed_dim: int = Field(1024, ge=8, description="each layer's patch features are pooled to this size")
     embed_dim: int = Field(384, ge=8, description="length of one patch vector in the memory bank")
+    patchsize: int = Field(
+        3, ge=1, le=9, description="side of the feature-map neighbourhood aggregated into one patch vector (odd; "
+                                   "the official code's patchsize, 3 or 5)")
     coreset_ratio: float = Field(
         0.1, gt=0, le=1, description="fraction of the patch vectors kept in the memory bank (greedy coreset)")
     coreset_projection_dim: int = Field(128, ge=0, description="0 = greedy on the full features")
@@ -96,8 +108,13 @@ class PatchCoreSettings(_Strict):
     merge_max_vectors: int = Field(
         2_000_000, ge=2, description="most vectors one coreset merge step reduces; a larger union of shard "
                                      "coresets is merged in rounds (a merge tree)")
-    num_neighbors: int = Field(9, ge=1, description="bank neighbours used to reweight an image score")
-    reweight: bool = Field(False, description="reweight image scores by the density around the nearest patch")
+    anomaly_scorer_num_nn: int = Field(
+        1, ge=1, le=64, description="a patch's score is the mean squared L2 distance to its this many nearest bank "
+                                    "vectors (the official code's anomaly_scorer_num_nn)")
+    num_neighbors: int = Field(9, ge=1, description="reweight (Eq. 7): bank neighbours of the nearest patch whose "
+                                                     "density damps the image score")
+    reweight: bool = Field(False, description="reweight image scores by the density around the nearest patch "
+                                              "(paper Eq. 7; not in the official code)")
     sigma: float = Field(4.0, ge=0, description="Gaussian smoothing of the anomaly map, in pixels")
     calibration_fraction: float = Field(
         0.1, ge=0, lt=1, description="fraction of the normal images held out to calibrate the decision threshold; "
@@ -108,6 +125,13 @@ class PatchCoreSettings(_Strict):
     images_per_shard: int = Field(512, ge=1, description="normal images per fit work unit, or shard")
     index_dtype: Literal["float32", "float16"] = Field("float32", description="float16 halves bank memory")
     shard_vectors: int = Field(1_000_000, ge=1, description="most vectors in one index shard file")
+
+    @field_validator("patchsize")
+    @classmethod
+    def _patchsize_odd(cls, patchsize: int) -> int:
+        if patchsize % 2 == 0:
+            raise ValueError("must be odd (the neighbourhood is centred on its patch)")
+        return patchsize
 
     @field_validator("layers")
     @classmethod
@@ -145,7 +169,8 @@ class ScoreConfig(JobConfig):
     clip_weights: str | None = Field(None, description="anomalyclip/inctrl: CLIP weights (path, s3://, tag, none)")
     shots: int | None = Field(None, ge=1, le=64, description="inctrl: number of normal prompt images")
     prompts: str | None = Field(None, min_length=1,
-                                description="normal images to draw prompts from; needed by detector inctrl")
+                                description="inctrl (needed): normal images to draw prompts from, or an "
+                                            "authors' few-shot file {class}.pt")
     output: str = Field(min_length=1, description="results go to OUTPUT/RUN_NAME: scores, heatmaps, summary")
     detector: Literal["patchcore", "dmad", "anomalyclip", "inctrl"] = Field(
         "patchcore", description="model that scores: a PatchCore bank, or a checkpoint from jobs.train")
@@ -194,6 +219,32 @@ class EvaluateConfig(_Strict):
     max_fpr: float = Field(0.3, gt=0, le=1, description="AUPRO integrates the PRO curve up to this false positive rate")
     storage: StorageSettings = StorageSettings()
     tracking: TrackingSettings = TrackingSettings()
+
+
+class ImportConfig(_Strict):
+    """``jobs.import_checkpoint``: an authors' released checkpoint to this product's artifact."""
+
+    format: Literal["patchcore", "anomalyclip", "inctrl", "dmad"] = Field(
+        description="the release the source comes from: patchcore (a class folder with patchcore_params.pkl and "
+                    "nnscorer_search_index.faiss), anomalyclip (prompt learner .pth), inctrl (checkpoint.pyth), "
+                    "dmad (pickled model .pth: needs trust_pickle)")
+    source: str = Field(min_length=1, description="the released file or folder: path or s3:// URI")
+    out: str = Field(min_length=1, description="where our artifact goes: a bank root (patchcore; a new version "
+                                               "vNNNN) or a checkpoint file for jobs.score --model")
+    trust_pickle: bool = Field(
+        False, description="dmad only: the release pickles whole model objects; unpickling runs their code, so it "
+                           "is done (in a separate process) only if you trust the file")
+    storage: StorageSettings = StorageSettings()
+    tracking: TrackingSettings = TrackingSettings()
+
+    @model_validator(mode="after")
+    def _pickle_only_for_dmad(self) -> ImportConfig:
+        if self.trust_pickle and self.format != "dmad":
+            raise ValueError(f"trust_pickle applies to format dmad only; {self.format} is read without pickle code")
+        if self.format == "dmad" and not self.trust_pickle:
+            raise ValueError("format dmad: the released files are pickled model objects, which run code when "
+                             "loaded; pass --trust-pickle if you trust this file")
+        return self
 
 
 SECRETS = ("storage.key", "storage.secret")

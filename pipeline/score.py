@@ -26,7 +26,7 @@ from pipeline.detectors.checkpoints import checkpoint_version
 from pipeline.detectors.dmad import DMADDetector, video_frame_scores
 from pipeline.detectors.patchcore import PatchCoreDetector
 from pipeline.errors import RunIncomplete
-from pipeline.features.preprocess import to_input_tensor
+from pipeline.features.preprocess import Preprocess
 from pipeline.io import heatmaps, sinks
 from pipeline.io.batches import Decoded, Failed, iter_batches
 from pipeline.io.decode import decode_image
@@ -90,17 +90,21 @@ def resolve_model(storage: Storage, cfg: ScoreConfig) -> ModelRef:
     return ModelRef(cfg.model, version, None, {"model.version": version}, json.dumps({"uri": cfg.model}).encode())
 
 
-def inctrl_prompts(cfg: ScoreConfig, storage: Storage, checkpoint: bytes) -> torch.Tensor:
-    """The few-shot normal prompts: ``shots`` images chosen deterministically from ``prompts``."""
+def inctrl_prompts(cfg: ScoreConfig, storage: Storage, checkpoint: bytes) -> inctrl.PromptSet:
+    """The few-shot normal prompts: an authors' few-shot file as it is, or ``shots`` images chosen
+    deterministically from the images under ``prompts``."""
     settings = inctrl.InCTRLSettings.model_validate_json(
         torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)["settings"])
+    if inctrl.is_prompt_file(cfg.prompts):
+        return inctrl.read_prompt_file(storage.read_bytes(cfg.prompts), cfg.prompts, settings.image_size, cfg.shots)
     shots = cfg.shots or settings.shots
     uris = [u for u in storage.list_files(cfg.prompts) if is_image(u)]
     if len(uris) < shots:
         raise ValueError(f"prompts={cfg.prompts}: {len(uris)} images, shots={shots} needs at least that many")
     chosen = inctrl.choose_prompts(uris, shots, settings.seed)
-    return torch.stack([to_input_tensor(decode_image(storage.read_bytes(u), cfg.decode.max_pixels), settings.image_size)
-                        for u in chosen])
+    preprocess = Preprocess(settings.image_size, interpolation=settings.interpolation)
+    return inctrl.PromptSet(torch.stack([preprocess(decode_image(storage.read_bytes(u), cfg.decode.max_pixels))
+                                         for u in chosen]))
 
 
 def load_detector(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> Detector:
@@ -112,8 +116,9 @@ def load_detector(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: s
     if cfg.detector == "anomalyclip":
         return AnomalyCLIPDetector.load(storage, model.uri, cfg.clip_arch, cfg.clip_weights, device=device)
     data = storage.read_bytes(model.uri)
-    return inctrl.load_checkpoint(data, storage, inctrl_prompts(cfg, storage, data), cfg.clip_arch, cfg.clip_weights,
-                                  cfg.shots, device=device)
+    prompts = inctrl_prompts(cfg, storage, data)
+    return inctrl.load_checkpoint(data, storage, prompts.images, cfg.clip_arch, cfg.clip_weights, len(prompts.images),
+                                  device=device, object_name=prompts.object_name)
 
 
 class ScoreWorker:
@@ -140,7 +145,7 @@ class ScoreWorker:
             rows = self._score_clip_unit(unit)
             return self._finish(unit, rows)
         rows: list[dict[str, Any]] = []
-        batches = iter_batches(self.storage, unit, cfg.decode, det.image_size, cfg.batch_size, self.threads)
+        batches = iter_batches(self.storage, unit, cfg.decode, det.preprocess, cfg.batch_size, self.threads)
         for batch in prefetched(batches):  # the next batch decodes while this one is scored
             rows += [self._error_row(unit, f) for f in batch.failed]
             if batch.tensor is None:
@@ -159,6 +164,8 @@ class ScoreWorker:
                 amap: np.ndarray | None, latency: float) -> dict[str, Any]:
         cfg, det = self.cfg, self.detector
         heatmap_uri = None
+        if amap is not None:
+            amap = det.preprocess.uncrop(amap)  # in step with the whole input, not just the scored crop
         policy = cfg.video.heatmaps if unit.video else cfg.heatmaps
         if amap is not None and (policy == "all" or (policy == "anomalous" and anomalous)):
             heatmap_uri = join(cfg.output, self.run_id, "heatmaps", unit.unit_id,
@@ -187,11 +194,16 @@ class ScoreWorker:
             reason = "the video variant of DMAD scores videos only; train --variant image for images"
             return [self._error_row(unit, Failed(s, m, reason, member_index=i))
                     for s, m, i in unit_input_keys(self.storage, self.cfg, unit)]
+        try:
+            scene = det.scene_of(unit.video)
+        except ValueError as exc:
+            return [self._error_row(unit, Failed(s, m, str(exc), member_index=i))
+                    for s, m, i in unit_input_keys(self.storage, self.cfg, unit)]
         lead = max(0, unit.frame_start - context * unit.frame_stride)
         span = WorkUnit(unit.unit_id, video=unit.video, frame_start=lead, frame_end=unit.frame_end,
                         frame_stride=unit.frame_stride)
         items, failed = [], []
-        for batch in iter_batches(self.storage, span, cfg.decode, det.image_size, cfg.batch_size, self.threads):
+        for batch in iter_batches(self.storage, span, cfg.decode, det.preprocess, cfg.batch_size, self.threads):
             failed += batch.failed
             if batch.tensor is not None:
                 items += list(zip(batch.items, batch.tensor, strict=True))
@@ -199,9 +211,9 @@ class ScoreWorker:
         if not items:
             return rows
         start = time.perf_counter()
-        parts = det.score_clip(torch.stack([t for _, t in items])) if len(items) > context else None
+        parts = det.score_clip(torch.stack([t for _, t in items]), scene=scene) if len(items) > context else None
         per_frame_ms = (time.perf_counter() - start) * 1e3 / len(items)
-        scores = (video_frame_scores(parts, det.settings.alpha, det.settings.window) if parts else [])
+        scores = (video_frame_scores(parts, det.settings) if parts else [])
         for i, (item, _) in enumerate(items):
             if item.frame_index < unit.frame_start:
                 continue  # context for the first predictions, scored by the previous unit

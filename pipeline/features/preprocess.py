@@ -2,33 +2,85 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def to_input_tensor(rgb: np.ndarray, size: int) -> torch.Tensor:
-    """``[H,W,3]`` uint8 to ``[3,size,size]`` float in 0..1 (antialiased bilinear resize)."""
-    t = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-    if t.shape[-2:] != (size, size):
-        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return t[0].clamp_(0.0, 1.0)
+@dataclass(frozen=True)
+class Preprocess:
+    """How a decoded image becomes a model input: a square resize to ``size`` with ``interpolation``
+    (antialiased, as PIL resizes), then a centred ``crop`` (``None``: no crop), as the official
+    torchvision ``Resize`` + ``CenterCrop`` transforms do. The image is squashed to the square rather
+    than resized by its shorter side: the same on the square images of MVTec AD, and a wide video frame
+    keeps its sides in view instead of losing them to the crop."""
+
+    size: int
+    crop: int | None = None
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+
+    @classmethod
+    def from_fraction(cls, size: int, crop_fraction: float, interpolation: Literal["bilinear", "bicubic"]
+                      ) -> Preprocess:
+        """Official PatchCore's ``--resize 256 --imagesize 224`` is ``size=256, crop_fraction=0.875``."""
+        crop = round(size * crop_fraction)
+        return cls(size, crop if crop < size else None, interpolation)
+
+    @property
+    def input_size(self) -> int:
+        """The square side the model sees."""
+        return self.crop or self.size
+
+    def _offset(self) -> int:
+        return int(round((self.size - self.input_size) / 2.0))  # torchvision's CenterCrop rounding
+
+    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
+        """``[H,W,3]`` uint8 to ``[3,input_size,input_size]`` float in 0..1."""
+        t = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        if t.shape[-2:] != (self.size, self.size):
+            t = F.interpolate(t, size=(self.size, self.size), mode=self.interpolation, antialias=True,
+                              align_corners=False)
+        return self.crop_square(t[0]).clamp_(0.0, 1.0)
+
+    def crop_square(self, t: torch.Tensor) -> torch.Tensor:
+        """The centred crop of a ``[..., size, size]`` tensor (a resized image or mask)."""
+        o, n = self._offset(), self.input_size
+        return t[..., o:o + n, o:o + n]
+
+    def uncrop(self, amap: np.ndarray) -> np.ndarray:
+        """A ``[input_size, input_size]`` map placed back on the resized ``[size, size]`` image, so heatmaps
+        and stored maps line up with the whole input; the border the crop cut off gets the map's minimum
+        (no evidence either way)."""
+        if not self.crop:
+            return amap
+        full = np.full((self.size, self.size), amap.min(), dtype=amap.dtype)
+        o, n = self._offset(), self.input_size
+        full[o:o + n, o:o + n] = amap
+        return full
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of ``[B,H,W]`` maps, radius ``int(4*sigma+0.5)`` as scipy."""
+    """Separable Gaussian smoothing of ``[B,H,W]`` maps, as ``scipy.ndimage.gaussian_filter`` (the official
+    detectors' smoothing): radius ``int(4*sigma+0.5)``, borders extended with scipy's ``reflect`` mode."""
     if sigma <= 0:
         return maps
     radius = int(4 * sigma + 0.5)
     x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
     out = maps.unsqueeze(1)
-    pad_h = min(radius, out.shape[-2] - 1)
-    pad_w = min(radius, out.shape[-1] - 1)
-    out = F.pad(out, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w else out
-    kw = kernel[radius - pad_w: radius + pad_w + 1]
-    out = F.conv2d(out, (kw / kw.sum()).view(1, 1, 1, -1))
-    out = F.pad(out, (0, 0, pad_h, pad_h), mode="reflect") if pad_h else out
-    kh = kernel[radius - pad_h: radius + pad_h + 1]
-    out = F.conv2d(out, (kh / kh.sum()).view(1, 1, -1, 1))
+    out = out[..., _reflect_indices(out.shape[-1], radius, maps.device)]
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1))
+    out = out[..., _reflect_indices(out.shape[-2], radius, maps.device), :]
+    out = F.conv2d(out, kernel.view(1, 1, -1, 1))
     return out.squeeze(1)
+
+
+def _reflect_indices(n: int, radius: int, device: torch.device) -> torch.Tensor:
+    """Indices extending ``0..n-1`` by ``radius`` each side as scipy's ``reflect`` (d c b a | a b c d | d c b a),
+    for any radius (torch's ``reflect`` padding is scipy's ``mirror``, and stops at ``n - 1``)."""
+    i = torch.arange(-radius, n + radius, device=device) % (2 * n)
+    return torch.where(i >= n, 2 * n - 1 - i, i)
