@@ -77,7 +77,7 @@ def quality(data: Path, n_images: int, size: int) -> list[str]:
     import numpy as np
 
     from pipeline.config import FitConfig
-    from pipeline.detectors.patchcore import PatchCoreDetector
+    from pipeline.detectors.patchcore import PatchCoreDetector, preprocess_of
     from pipeline.fit import FitWorker, local_budget
     from pipeline.io.batches import iter_batches
     from pipeline.io.sources import Listing, plan_units
@@ -95,7 +95,7 @@ def quality(data: Path, n_images: int, size: int) -> list[str]:
     files = sorted(str(p) for p in Path(cfg.normal).glob("*.png"))
     (unit,), _ = plan_units(Listing(files, [], []), len(files))
     feats, grid = [], None
-    for batch in iter_batches(worker.storage, unit, cfg.decode, size, 32):
+    for batch in iter_batches(worker.storage, unit, cfg.decode, preprocess_of(pc), 32):
         f, grid = worker.embedder(batch.tensor)
         feats.append(f.reshape(-1, f.shape[-1]).numpy())
     x = np.concatenate(feats)
@@ -124,7 +124,8 @@ def quality(data: Path, n_images: int, size: int) -> list[str]:
     (test_unit,), _ = plan_units(Listing(test, [], []), len(test))
     labels = np.array(["/defect/" in t for t in test])
     meta = BankMetadata(created_at="b", normal_uri="b", backbone=pc.backbone, weights="none", weights_fingerprint="",
-                        seed=0, layers=pc.layers, image_size=size, pretrain_embed_dim=pc.pretrain_embed_dim,
+                        seed=0, layers=pc.layers, image_size=size,
+                        crop_fraction=pc.crop_fraction, pretrain_embed_dim=pc.pretrain_embed_dim,
                         embed_dim=pc.embed_dim, grid=grid, coreset_ratio=pc.coreset_ratio,
                         coreset_projection_dim=pc.coreset_projection_dim, num_neighbors=9, reweight=False, sigma=4,
                         n_images=n_images, n_errors=0, n_patches=len(x), n_bank=k, n_shards=1, threshold=None,
@@ -133,8 +134,8 @@ def quality(data: Path, n_images: int, size: int) -> list[str]:
     auroc_single = None
     for name, idx in banks.items():
         det = PatchCoreDetector(worker.embedder, build_knn(ShardedIndex([build_index(x[idx])]), "faiss", "cpu"), meta)
-        scores = np.concatenate([det.score(b.tensor).scores for b in iter_batches(worker.storage, test_unit,
-                                                                                    cfg.decode, size, 32)])
+        batches = iter_batches(worker.storage, test_unit, cfg.decode, preprocess_of(pc), 32)
+        scores = np.concatenate([det.score(b.tensor).scores for b in batches])
         auroc = roc_auc(labels, scores)
         auroc_single = auroc if auroc_single is None else auroc_single
         radius = covering_radius(x, x[idx])

@@ -46,7 +46,8 @@ WORK = HERE / ".work" / "fit-vs-anomalib"
 
 def ours(data: Path, weights: Path, size: int, workers: int) -> dict:
     n = len(list((data / "train" / "good").glob("*.png")))
-    job = run_fit_job(data / "train" / "good", workers, -(-n // workers), size, "--weights", str(weights))
+    job = run_fit_job(data / "train" / "good", workers, -(-n // workers), size, "--weights", str(weights),
+                      "--crop-fraction", "1")
     s = job["seconds"]
     storage = Storage(StorageSettings())
     table = WORK / f"ours-{data.name}-{workers}.npz"

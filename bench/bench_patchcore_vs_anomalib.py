@@ -86,7 +86,7 @@ def ray_job(data: Path, weights: Path, size: int) -> dict:
     timings = {}
     for name, args in (("fit", ["-m", "jobs.fit", "--normal", str(data / "train" / "good"), "--bank",
                                 str(out / "bank"), "--weights", str(weights), "--image-size", str(size),
-                                "--calibration-fraction", "0"]),
+                                "--calibration-fraction", "0", "--crop-fraction", "1"]),
                        ("score", ["-m", "jobs.score", "--input", str(archive), "--bank", str(out / "bank"),
                                   "--output", str(out / "results"), "--heatmaps", "none",
                                   "--run-name", f"bench-{time.time_ns()}"])):

@@ -22,7 +22,7 @@ import torch
 from score_table import test_images, write_table
 
 from pipeline.config import DecodeSettings, FitConfig, ScoreConfig
-from pipeline.detectors.patchcore import PatchCoreDetector
+from pipeline.detectors.patchcore import PatchCoreDetector, preprocess_of
 from pipeline.fit import FitWorker
 from pipeline.io.batches import iter_batches
 from pipeline.io.sources import Listing, list_inputs, plan_units
@@ -42,7 +42,7 @@ def write_score_table(detector: PatchCoreDetector, storage: Storage, decode: Dec
                       path: Path) -> None:
     """Score every test image of ``root`` with ``detector`` and write the score table to ``path``."""
     scored = {}
-    for batch in iter_batches(storage, test_unit(root), decode, detector.image_size, 16):
+    for batch in iter_batches(storage, test_unit(root), decode, preprocess_of(detector.meta), 16):
         if batch.failed:
             raise RuntimeError(f"{batch.failed[0].source_uri}: {batch.failed[0].reason}")
         result = detector.score(batch.tensor)
@@ -55,7 +55,7 @@ def stage_ms(detector: PatchCoreDetector, storage: Storage, decode: DecodeSettin
     """Milliseconds per test image in the backbone + patch embedding and in the exact kNN search."""
     features_s = knn_s = 0.0
     n = 0
-    for batch in iter_batches(storage, test_unit(root), decode, detector.image_size, 16):
+    for batch in iter_batches(storage, test_unit(root), decode, preprocess_of(detector.meta), 16):
         start = time.perf_counter()
         feats, _ = detector.embedder(batch.tensor)
         middle = time.perf_counter()
@@ -72,8 +72,8 @@ def main() -> None:
     runtime = {"workers": 1, "num_cpus_per_worker": 2}
     fit_cfg = FitConfig.model_validate({
         "normal": str(root / "train" / "good"), "bank": str(work / "bank"), "runtime": runtime,
-        "patchcore": {"weights": weights, "image_size": size, "coreset_ratio": 0.1, "calibration_fraction": 0,
-                      "batch_size": 16, "precision": precision,
+        "patchcore": {"weights": weights, "image_size": size, "crop_fraction": 1.0, "coreset_ratio": 0.1,
+                      "calibration_fraction": 0, "batch_size": 16, "precision": precision,
                       "reweight": {"max": False, "eq7": True}[scoring]}, "tracking": {"enabled": False}})
     worker = FitWorker(fit_cfg)
     (unit,), _ = plan_units(list_inputs(worker.storage, fit_cfg.normal), 10_000)
@@ -85,7 +85,9 @@ def main() -> None:
     meta = publish_bank(worker.storage, fit_cfg.bank, shard["features"], BankMetadata(
         created_at="bench", normal_uri=fit_cfg.normal, backbone=pc.backbone, weights=pc.weights,
         weights_fingerprint=worker.weights_fingerprint, seed=pc.seed, layers=pc.layers, image_size=size,
-        pretrain_embed_dim=pc.pretrain_embed_dim, embed_dim=pc.embed_dim, grid=shard["grid"],
+        crop_fraction=pc.crop_fraction, interpolation=pc.interpolation, pretrain_embed_dim=pc.pretrain_embed_dim,
+        embed_dim=pc.embed_dim, grid=shard["grid"], patchsize=pc.patchsize,
+        anomaly_scorer_num_nn=pc.anomaly_scorer_num_nn,
         coreset_ratio=pc.coreset_ratio, coreset_projection_dim=pc.coreset_projection_dim,
         num_neighbors=pc.num_neighbors, reweight=pc.reweight, sigma=pc.sigma, precision=pc.precision,
         n_images=shard["n_images"],
