@@ -33,17 +33,21 @@ import io
 import math
 from collections.abc import Iterable
 from itertools import islice
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
 from torch import Tensor, nn
 
-from pipeline.detectors.base import ScoreBatch
+from pipeline.detectors.base import ModelRef, ScoreBatch
 from pipeline.detectors.checkpoints import checkpoint_version, pack
 from pipeline.features.clip import load_clip, normalize, tokenizer
 from pipeline.features.preprocess import gaussian_blur
 from pipeline.io.storage import Storage
+
+if TYPE_CHECKING:
+    from pipeline.config import ScoreConfig
 
 CHECKPOINT_FORMAT = "anomalyclip/1"
 RANDOM_FINGERPRINT_PREFIX = "random:"
@@ -313,6 +317,10 @@ def load_checkpoint(data: bytes, storage: Storage, clip_arch: str | None = None,
         raise ValueError(f"checkpoint prompts do not fit CLIP {settings.clip_arch}: {exc}") from exc
     return AnomalyCLIPDetector(clip_model.to(device), prompts.to(device), settings, fingerprint,
                                version=checkpoint_version(data), device=device)
+
+
+def load_for_score(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> AnomalyCLIPDetector:
+    return AnomalyCLIPDetector.load(storage, model.uri, cfg.clip_arch, cfg.clip_weights, device=device)
 
 
 class AnomalyCLIPDetector:

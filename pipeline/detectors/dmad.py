@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -34,11 +34,14 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, field_valid
 from torch import Tensor, nn
 
 from pipeline.config import StorageSettings
-from pipeline.detectors.base import ScoreBatch
+from pipeline.detectors.base import ModelRef, ScoreBatch
 from pipeline.detectors.checkpoints import checkpoint_version, pack
 from pipeline.features.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from pipeline.features.preprocess import gaussian_blur
 from pipeline.io.storage import Storage
+
+if TYPE_CHECKING:
+    from pipeline.config import ScoreConfig
 
 IMAGE_LAYERS = ["layer1", "layer2", "layer3"]
 BACKGROUND_LR_SCALE = 50.0  # as the official PDM: the background template learns 50x faster than the networks
@@ -501,6 +504,10 @@ def load_checkpoint(data: bytes, storage: Storage | None = None, device: str = "
     if missing or unexpected:
         raise ValueError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return DMADDetector(model.to(device), settings, checkpoint_version(data), device)
+
+
+def load_for_score(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> DMADDetector:
+    return DMADDetector.load(storage, model.uri, device=device)
 
 
 class DMADDetector:

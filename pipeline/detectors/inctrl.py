@@ -26,17 +26,23 @@ from __future__ import annotations
 import io
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
-from pipeline.detectors.base import ScoreBatch
+from pipeline.detectors.base import ModelRef, ScoreBatch
 from pipeline.detectors.checkpoints import checkpoint_version, pack
 from pipeline.features.clip import load_clip, normalize, tokenizer
-from pipeline.features.preprocess import gaussian_blur
+from pipeline.features.preprocess import gaussian_blur, to_input_tensor
+from pipeline.io.decode import decode_image
+from pipeline.io.sources import is_image
 from pipeline.io.storage import Storage
+
+if TYPE_CHECKING:
+    from pipeline.config import ScoreConfig
 
 CHECKPOINT_FORMAT = "inctrl/1"
 
@@ -305,6 +311,25 @@ def load_checkpoint(data: bytes, storage: Storage, prompts: Tensor, clip_arch: s
     except RuntimeError as exc:
         raise ValueError(f"checkpoint heads do not fit clip_arch={settings.clip_arch}: {exc}") from exc
     return InCTRLDetector(clip_model.to(device), heads.to(device), settings, prompts, checkpoint_version(data), device)
+
+
+def prompt_images(cfg: ScoreConfig, storage: Storage, checkpoint: bytes) -> Tensor:
+    """The few-shot normal prompts ``[shots,3,H,W]``: ``shots`` images chosen deterministically from ``cfg.prompts``."""
+    settings = InCTRLSettings.model_validate_json(
+        torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)["settings"])
+    shots = cfg.shots or settings.shots
+    uris = [u for u in storage.list_files(cfg.prompts) if is_image(u)]
+    if len(uris) < shots:
+        raise ValueError(f"prompts={cfg.prompts}: {len(uris)} images, shots={shots} needs at least that many")
+    chosen = choose_prompts(uris, shots, settings.seed)
+    return torch.stack([to_input_tensor(decode_image(storage.read_bytes(u), cfg.decode.max_pixels), settings.image_size)
+                        for u in chosen])
+
+
+def load_for_score(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> InCTRLDetector:
+    data = storage.read_bytes(model.uri)
+    return load_checkpoint(data, storage, prompt_images(cfg, storage, data), cfg.clip_arch, cfg.clip_weights,
+                           cfg.shots, device=device)
 
 
 class InCTRLDetector:
