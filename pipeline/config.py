@@ -152,7 +152,8 @@ class _ScoreSettings(JobConfig):
                                 description="normal images to draw prompts from; needed by detector inctrl")
     output: str = Field(min_length=1, description="results go to OUTPUT/RUN_NAME: scores, heatmaps, summary")
     detector: Literal[DETECTOR_NAMES] = Field(  # type: ignore[valid-type]  # the registry's names
-        "patchcore", description="model that scores: a PatchCore bank, or a checkpoint from jobs.train")
+        "patchcore", description="model that scores: a PatchCore bank, a checkpoint from jobs.train, or SAA+ "
+                                "(zero-shot GroundingDINO + SAM, settings under saa)")
     run_name: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
         description="the run's folder under output; re-use a name to resume or retry that run; "
@@ -268,17 +269,22 @@ def _format_errors(err: ValidationError, source: str, flags: Mapping[str, str]) 
     return "\n".join([f"invalid configuration ({source}):", *(f"  {p}" for p in problems)])
 
 
+def parse_yaml(text: str, source: str) -> Any:
+    """Safe YAML without anchors and aliases; errors are ConfigErrors that start with ``source``."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{source} {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({_clip(str(exc), 500)})") from exc
+
+
 def _read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read file ({exc.strerror or exc})") from exc
-    try:
-        loaded = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass
-    except ConfigError as exc:
-        raise ConfigError(f"--config {path} {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path}: not valid YAML ({_clip(str(exc), 500)})") from exc
+    loaded = parse_yaml(text, f"--config {path}")
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"--config {path}: the top level must be a mapping of settings")
     return loaded or {}

@@ -21,6 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pipeline.detectors.saa_settings import SAASettings
+
 
 @dataclass(frozen=True)
 class Trainer:
@@ -58,6 +60,10 @@ DETECTORS: dict[str, DetectorEntry] = {e.name: e for e in [
                   resolve="pipeline.detectors.checkpoints:resolve_checkpoint",
                   load="pipeline.detectors.inctrl:load_for_score",
                   trainer=Trainer("aux", "pipeline.detectors.inctrl:InCTRLSettings", "pipeline.train_clip:run_inctrl")),
+    DetectorEntry("saa", needs=(("saa.gdino_weights", "GroundingDINO weights: folder, s3://, hub name or none"),
+                                ("saa.sam_weights", "SAM weights: folder, s3://, hub name or none")),
+                  resolve="pipeline.detectors.saa:resolve_saa", load="pipeline.detectors.saa:load_for_score",
+                  score_settings=SAASettings),
 ]}
 
 DETECTOR_NAMES: tuple[str, ...] = tuple(DETECTORS)
