@@ -130,8 +130,8 @@ products:
         load_prompts(text.replace("{object}", "{thing}"), "prompts.yaml", None)
     path = tmp_path / "prompts.yaml"
     path.write_text(text)
-    settings = {"input": "/a", "output": "/b", "detector": "saa", "saa.gdino_weights": "none", "saa.sam_weights": "none",
-                "saa.prompts_config": str(path)}
+    settings = {"input": "/a", "output": "/b", "detector": "saa", "saa.gdino_weights": "none",
+                "saa.sam_weights": "none", "saa.prompts_config": str(path)}
     assert load_config(ScoreConfig, None, settings | {"saa.product": "widget"}).saa.product == "widget"
     with pytest.raises(ConfigError, match="saa.product.*'gadget' is not in"):
         load_config(ScoreConfig, None, settings | {"saa.product": "gadget"})

@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 WEIGHTS_HELP = ("a local folder (from_pretrained), an s3:// prefix (copied to weights_cache and checksummed), a "
-                "Hugging Face hub name (downloads where the network allows), or 'none' (seeded random weights of {arch})")
+                "Hugging Face hub name (downloads where the network allows), or 'none' (seeded random weights of "
+                "{arch})")
 
 
 class SAASettings(BaseModel):
@@ -16,7 +17,8 @@ class SAASettings(BaseModel):
 
     gdino_weights: str | None = Field(
         None, min_length=1, description="GroundingDINO weights: " + WEIGHTS_HELP.format(arch="gdino_arch"))
-    sam_weights: str | None = Field(None, min_length=1, description="SAM weights: " + WEIGHTS_HELP.format(arch="sam_arch"))
+    sam_weights: str | None = Field(
+        None, min_length=1, description="SAM weights: " + WEIGHTS_HELP.format(arch="sam_arch"))
     gdino_arch: Literal["tiny-test", "swin-t"] = Field(
         "tiny-test", description="GroundingDINO size that gdino_weights 'none' builds: the tiny test configuration "
                                  "or Swin-T (grounding-dino-tiny)")
