@@ -10,11 +10,13 @@ import torch
 from pipeline.config import ConfigError, ScoreConfig, StorageSettings, load_config
 from pipeline.detectors.saa_prompts import PromptSet, load_prompts, packaged_text
 from pipeline.detectors.saa_stages import (
+    find_objects,
     fuse,
     inside_fraction,
     keep_inside,
     keep_small,
     multi_instance_saliency,
+    regularise_proposals,
     rescore,
     single_instance_saliency,
     top_k,
@@ -47,6 +49,26 @@ def test_confidence_prompt_keeps_the_top_k():
     scores = torch.tensor([0.1, 0.9, 0.3, 0.7, 0.5, 0.2, 0.4])
     assert top_k(scores, 3).tolist() == [1, 3, 4]
     assert len(top_k(scores, 50)) == 7
+
+
+def test_proposals_are_regularised_by_every_object_property_prompt():
+    """Two captions' GroundingDINO outputs on a 100 px image whose object (a 40x40 box, its mask the left half of
+    it) was found: only the confident, small, on-object box that is not the object itself survives."""
+    object_boxes = find_objects(torch.tensor([[10.0, 10, 50, 50], [0, 0, 100, 100]]), torch.tensor([0.6, 0.7]),
+                                threshold=0.3, instances=2, size=100)  # two instances: at most half the image each
+    assert object_boxes.tolist() == [[10.0, 10, 50, 50]]
+    region = torch.zeros(100, 100, dtype=torch.bool)
+    region[10:50, 10:30] = True
+    first = (torch.tensor([[12.0, 12, 20, 20], [40, 40, 48, 48], [10, 10, 30, 50]]),  # good, off the mask, too large
+             torch.tensor([0.5, 0.9, 0.8]), torch.tensor([False, False, False]))
+    second = (torch.tensor([[14.0, 30, 22, 38], [20, 20, 26, 26]]),  # below the threshold, the object's own name
+              torch.tensor([0.2, 0.9]), torch.tensor([False, True]))
+    boxes, scores = regularise_proposals([first, second], threshold=0.3, object_boxes=object_boxes, region=region,
+                                         max_area=0.3, min_inside=0.5)  # 30 % of a 16 %-of-the-image object
+    assert boxes.tolist() == [[12.0, 12, 20, 20]] and scores.tolist() == [0.5]
+    no_object = torch.zeros_like(region)  # nothing found: location does not apply, the area limit is the image's
+    boxes, _ = regularise_proposals([first], 0.3, object_boxes[:0], no_object, max_area=0.3, min_inside=0.5)
+    assert boxes.tolist() == [[12.0, 12, 20, 20], [40, 40, 48, 48], [10, 10, 30, 50]]
 
 
 def _texture_with_odd_patch(size: int = 16, channels: int = 16) -> torch.Tensor:

@@ -59,12 +59,11 @@ from pipeline.detectors.saa_models import load_gdino, load_sam, locate_weights
 from pipeline.detectors.saa_prompts import PromptSet, load_prompts, packaged_text
 from pipeline.detectors.saa_settings import SAASettings
 from pipeline.detectors.saa_stages import (
-    box_area_fraction,
     cxcywh_to_xyxy,
+    find_objects,
     fuse,
-    keep_inside,
-    keep_small,
     multi_instance_saliency,
+    regularise_proposals,
     rescore,
     resize_map,
     single_instance_saliency,
@@ -220,24 +219,15 @@ class SAADetector:
             saliency = single_instance_saliency(features, s.saliency_neighbors)
         return resize_map(saliency, self.image_size)
 
-    def _image_map(self, b: int, objects: tuple[Tensor, Tensor], proposals: list[tuple[Tensor, Tensor, Tensor]],
-                   embedding: Tensor, features: Tensor) -> Tensor:
+    def _image_map(self, b: int, objects: tuple[Tensor, Tensor, Tensor],
+                   proposals: list[tuple[Tensor, Tensor, Tensor]], embedding: Tensor, features: Tensor) -> Tensor:
+        """Image ``b``'s anomaly map (before smoothing) from the batch's GroundingDINO outputs."""
         s, p, size = self.settings, self.prompts, self.image_size
-        boxes, scores, _ = objects
-        found = (scores[b] > s.box_threshold) & keep_small(boxes[b], size, 1.0 / p.instances)
-        object_boxes = boxes[b][found]
+        object_boxes = find_objects(objects[0][b], objects[1][b], s.box_threshold, p.instances, size)
         object_masks = self._segment(embedding, object_boxes)
-        region = object_masks.any(0)
-        object_area = float(box_area_fraction(object_boxes, size).max()) if len(object_boxes) else 1.0
-        kept_boxes, kept_scores = [], []
-        for boxes_c, scores_c, is_object in proposals:
-            keep = (scores_c[b] > s.box_threshold) & ~is_object[b]
-            keep &= keep_small(boxes_c[b], size, p.max_area * object_area)
-            if region.any():
-                keep &= keep_inside(boxes_c[b], region, s.min_inside)
-            kept_boxes.append(boxes_c[b][keep])
-            kept_scores.append(scores_c[b][keep])
-        candidates, confidences = torch.cat(kept_boxes), torch.cat(kept_scores)
+        candidates, confidences = regularise_proposals(
+            [(boxes[b], scores[b], is_object[b]) for boxes, scores, is_object in proposals], s.box_threshold,
+            object_boxes, object_masks.any(0), p.max_area, s.min_inside)
         if len(candidates) == 0:
             return torch.zeros(size, size, device=self.device)
         masks = self._segment(embedding, candidates)
