@@ -32,7 +32,7 @@ def main() -> None:
     from pipeline.config import PatchCoreSettings, StorageSettings
     from pipeline.demo_data import make_dataset
     from pipeline.detectors.patchcore import build_embedder
-    from pipeline.features.preprocess import to_input_tensor
+    from pipeline.features.preprocess import Preprocess
     from pipeline.io.storage import Storage
     from pipeline.memory_bank.coreset import greedy_kcenter, project, random_projection
     from pipeline.memory_bank.index import ShardedIndex, build_index, serialize
@@ -47,7 +47,7 @@ def main() -> None:
     def embed(paths: list[Path]) -> np.ndarray:
         out = []
         for start in range(0, len(paths), 32):
-            batch = torch.stack([to_input_tensor(np.array(Image.open(p).convert("RGB")), args.size)
+            batch = torch.stack([Preprocess(args.size)(np.array(Image.open(p).convert("RGB")))
                                  for p in paths[start:start + 32]])
             out.append(embedder(batch)[0].numpy())
         return np.concatenate(out)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.features.backbones import build_backbone  # noqa: E402
 from pipeline.features.patch_embedding import PatchEmbedder  # noqa: E402
-from pipeline.features.preprocess import gaussian_blur, to_input_tensor  # noqa: E402
+from pipeline.features.preprocess import Preprocess, gaussian_blur  # noqa: E402
 from pipeline.io.decode import decode_image  # noqa: E402
 from pipeline.io.heatmaps import overlay_png  # noqa: E402
 from pipeline.io.prefetch import ordered_map, prefetched, to_device  # noqa: E402
@@ -73,7 +73,7 @@ def timed(device: str, fn, *args):
 
 
 def decode_cpu(data: bytes, size: int) -> torch.Tensor:
-    return to_input_tensor(decode_image(data, 100_000_000), size)
+    return Preprocess(size)(decode_image(data, 100_000_000))
 
 
 def decode_batches_cpu(blobs: list[bytes], size: int, batch: int, threads: int):

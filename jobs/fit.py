@@ -18,6 +18,8 @@ FLAGS = [
     Flag("--weights", "patchcore.weights", "WEIGHTS"),
     Flag("--coreset-ratio", "patchcore.coreset_ratio"),
     Flag("--image-size", "patchcore.image_size"),
+    Flag("--crop-fraction", "patchcore.crop_fraction"),
+    Flag("--interpolation", "patchcore.interpolation"),
     Flag("--embed-dim", "patchcore.embed_dim"),
     Flag("--calibration-fraction", "patchcore.calibration_fraction"),
     Flag("--seed", "patchcore.seed"),

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from pipeline.detectors.registry import DETECTOR_NAMES, missing_needs, score_sections
 
+Interpolation = Literal["bilinear", "bicubic"]
+
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the setting."""
@@ -83,6 +85,10 @@ class PatchCoreSettings(_Strict):
     layers: list[Literal["layer1", "layer2", "layer3"]] = Field(
         ["layer2", "layer3"], description="backbone stages whose features are combined")
     image_size: int = Field(256, ge=32, le=2048, description="images are resized to this square size, in pixels")
+    crop_fraction: float = Field(
+        0.875, ge=0.125, le=1, description="then the centred crop of this fraction of image_size is scored (official "
+                                          "PatchCore: resize 256, crop 224 = 0.875); 1: no crop")
+    interpolation: Interpolation = Field("bilinear", description="resize filter (antialiased, as PIL)")
     pretrain_embed_dim: int = Field(1024, ge=8, description="each layer's patch features are pooled to this size")
     embed_dim: int = Field(384, ge=8, description="length of one patch vector in the memory bank")
     coreset_ratio: float = Field(
@@ -149,7 +155,8 @@ class _ScoreSettings(JobConfig):
     clip_weights: str | None = Field(None, description="anomalyclip/inctrl: CLIP weights (path, s3://, tag, none)")
     shots: int | None = Field(None, ge=1, le=64, description="inctrl: number of normal prompt images")
     prompts: str | None = Field(None, min_length=1,
-                                description="normal images to draw prompts from; needed by detector inctrl")
+                                description="inctrl (needed): normal images to draw prompts from, or an "
+                                            "authors' few-shot file {class}.pt")
     output: str = Field(min_length=1, description="results go to OUTPUT/RUN_NAME: scores, heatmaps, summary")
     detector: Literal[DETECTOR_NAMES] = Field(  # type: ignore[valid-type]  # the registry's names
         "patchcore", description="model that scores: a PatchCore bank, a checkpoint from jobs.train, or SAA+ "
@@ -203,6 +210,32 @@ class EvaluateConfig(_Strict):
     max_fpr: float = Field(0.3, gt=0, le=1, description="AUPRO integrates the PRO curve up to this false positive rate")
     storage: StorageSettings = StorageSettings()
     tracking: TrackingSettings = TrackingSettings()
+
+
+class ImportConfig(_Strict):
+    """``jobs.import_checkpoint``: an authors' released checkpoint to this product's artifact."""
+
+    format: Literal["patchcore", "anomalyclip", "inctrl", "dmad"] = Field(
+        description="the release the source comes from: patchcore (a class folder with patchcore_params.pkl and "
+                    "nnscorer_search_index.faiss), anomalyclip (prompt learner .pth), inctrl (checkpoint.pyth), "
+                    "dmad (pickled model .pth: needs trust_pickle)")
+    source: str = Field(min_length=1, description="the released file or folder: path or s3:// URI")
+    out: str = Field(min_length=1, description="where our artifact goes: a bank root (patchcore; a new version "
+                                               "vNNNN) or a checkpoint file for jobs.score --model")
+    trust_pickle: bool = Field(
+        False, description="dmad only: the release pickles whole model objects; unpickling runs their code, so it "
+                           "is done (in a separate process) only if you trust the file")
+    storage: StorageSettings = StorageSettings()
+    tracking: TrackingSettings = TrackingSettings()
+
+    @model_validator(mode="after")
+    def _pickle_only_for_dmad(self) -> ImportConfig:
+        if self.trust_pickle and self.format != "dmad":
+            raise ValueError(f"trust_pickle applies to format dmad only; {self.format} is read without pickle code")
+        if self.format == "dmad" and not self.trust_pickle:
+            raise ValueError("format dmad: the released files are pickled model objects, which run code when "
+                             "loaded; pass --trust-pickle if you trust this file")
+        return self
 
 
 SECRETS = ("storage.key", "storage.secret")

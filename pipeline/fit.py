@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pipeline.config import ConfigError, FitConfig
-from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder
+from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder, preprocess_of
 from pipeline.errors import RunIncomplete, SetupError
 from pipeline.io.batches import iter_batches
 from pipeline.io.prefetch import prefetched, to_device
@@ -84,7 +84,7 @@ class FitWorker:
         pc = self.cfg.patchcore
         start = time.perf_counter()
         chunks, errors, n_images, grid = [], [], 0, None
-        batches = iter_batches(self.storage, unit, self.cfg.decode, pc.image_size, pc.batch_size, self.threads)
+        batches = iter_batches(self.storage, unit, self.cfg.decode, preprocess_of(pc), pc.batch_size, self.threads)
         for batch in prefetched(batches):  # the next batch decodes while this one is embedded
             errors += [(f.source_uri, f.member, f.error) for f in batch.failed if f.status == "error"]
             if batch.tensor is None:
@@ -116,7 +116,7 @@ class FitWorker:
         detector = PatchCoreDetector(self.embedder, build_knn(index, "auto", self.device), meta, self.device)
         scores: list[float] = []
         for unit in units:
-            for batch in iter_batches(self.storage, unit, self.cfg.decode, meta.image_size,
+            for batch in iter_batches(self.storage, unit, self.cfg.decode, preprocess_of(meta),
                                       self.cfg.patchcore.batch_size, self.threads):
                 if batch.tensor is not None:
                     scores += detector.score(batch.tensor).scores.tolist()
@@ -153,8 +153,8 @@ def split_calibration(listing: Listing, fraction: float) -> tuple[Listing, list[
     return Listing(train, listing.tars, listing.skipped, listing.videos), sorted(held)
 
 
-FEATURE_SETTINGS = ("backbone", "weights", "seed", "layers", "image_size", "pretrain_embed_dim", "embed_dim",
-                    "precision", "coreset_ratio", "coreset_projection_dim")
+FEATURE_SETTINGS = ("backbone", "weights", "seed", "layers", "image_size", "crop_fraction", "interpolation",
+                    "pretrain_embed_dim", "embed_dim", "precision", "coreset_ratio", "coreset_projection_dim")
 
 
 def _parent(storage: Storage, cfg: FitConfig) -> tuple[FitConfig, BankMetadata | None, np.ndarray | None]:
@@ -257,7 +257,8 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), normal_uri=cfg.normal,
         parent=parent.version if parent else None, lineage=lineage,
         backbone=pc.backbone, weights=pc.weights, weights_fingerprint=weights_fingerprint, seed=pc.seed,
-        layers=pc.layers, image_size=pc.image_size, pretrain_embed_dim=pc.pretrain_embed_dim,
+        layers=pc.layers, image_size=pc.image_size, crop_fraction=pc.crop_fraction,
+        interpolation=pc.interpolation, pretrain_embed_dim=pc.pretrain_embed_dim,
         embed_dim=pc.embed_dim, grid=grid, coreset_ratio=pc.coreset_ratio,
         coreset_projection_dim=pc.coreset_projection_dim, num_neighbors=pc.num_neighbors, reweight=pc.reweight,
         sigma=pc.sigma, precision=pc.precision, index_dtype=pc.index_dtype,

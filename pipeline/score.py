@@ -89,7 +89,7 @@ class ScoreWorker:
             rows = self._score_clip_unit(unit)
             return self._finish(unit, rows)
         rows: list[dict[str, Any]] = []
-        batches = iter_batches(self.storage, unit, cfg.decode, det.image_size, cfg.batch_size, self.threads)
+        batches = iter_batches(self.storage, unit, cfg.decode, det.preprocess, cfg.batch_size, self.threads)
         for batch in prefetched(batches):  # the next batch decodes while this one is scored
             rows += [self._error_row(unit, f) for f in batch.failed]
             if batch.tensor is None:
@@ -108,6 +108,8 @@ class ScoreWorker:
                 amap: np.ndarray | None, latency: float) -> dict[str, Any]:
         cfg, det = self.cfg, self.detector
         heatmap_uri = None
+        if amap is not None:
+            amap = det.preprocess.uncrop(amap)  # in step with the whole input, not just the scored crop
         policy = cfg.video.heatmaps if unit.video else cfg.heatmaps
         if amap is not None and (policy == "all" or (policy == "anomalous" and anomalous)):
             heatmap_uri = join(cfg.output, self.run_id, "heatmaps", unit.unit_id,
@@ -140,7 +142,7 @@ class ScoreWorker:
         span = WorkUnit(unit.unit_id, video=unit.video, frame_start=lead, frame_end=unit.frame_end,
                         frame_stride=unit.frame_stride)
         items, failed = [], []
-        for batch in iter_batches(self.storage, span, cfg.decode, det.image_size, cfg.batch_size, self.threads):
+        for batch in iter_batches(self.storage, span, cfg.decode, det.preprocess, cfg.batch_size, self.threads):
             failed += batch.failed
             if batch.tensor is not None:
                 items += list(zip(batch.items, batch.tensor, strict=True))

@@ -19,6 +19,7 @@ from pipeline.detectors.anomalyclip import train_anomalyclip
 from pipeline.detectors.inctrl import save_checkpoint as save_inctrl
 from pipeline.detectors.inctrl import train_inctrl
 from pipeline.features.clip import load_clip
+from pipeline.features.preprocess import Preprocess
 from pipeline.io.labelled import LabelledSet, load_labelled
 from pipeline.io.storage import Storage
 from pipeline.runtime import fitting_workers, setup_worker_threads, wait_for_gang
@@ -33,7 +34,8 @@ def _prepare(cfg: TrainConfig) -> tuple[Any, torch.nn.Module, str, LabelledSet, 
     storage = Storage(cfg.storage)
     settings = cfg.detector_settings()
     clip_model, clip_fingerprint = load_clip(settings.clip_arch, settings.clip_weights, settings.seed, storage)
-    aux = load_labelled(storage, cfg.aux, settings.image_size, cfg.decode)
+    aux = load_labelled(storage, cfg.aux, Preprocess(settings.image_size, interpolation=settings.interpolation),
+                        cfg.decode)
     return settings, clip_model.to(device), clip_fingerprint, aux, device
 
 

@@ -26,6 +26,7 @@ from pipeline.detectors.dmad import (
     save_checkpoint,
     video_losses,
 )
+from pipeline.features.preprocess import Preprocess
 from pipeline.io.batches import iter_batches
 from pipeline.io.sources import Listing, list_inputs, plan_units, plan_video_units
 from pipeline.io.storage import Storage
@@ -60,9 +61,10 @@ class DMADTrainWorker:
         mine = files[self.rank::self.world] if split_files else files
         units = (plan_video_units(self.storage, mine, cfg.video.model_copy(update={"frames_per_unit": 10**9}))
                  if video else plan_units(Listing(mine, [], []), 10**9)[0])
+        preprocess = Preprocess(cfg.dmad.image_size, interpolation=cfg.dmad.interpolation)
         samples = []
         for unit in units:
-            frames = [b.tensor for b in iter_batches(self.storage, unit, cfg.decode, cfg.dmad.image_size, 64)
+            frames = [b.tensor for b in iter_batches(self.storage, unit, cfg.decode, preprocess, 64)
                       if b.tensor is not None]
             if not frames:
                 continue

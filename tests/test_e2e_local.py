@@ -42,7 +42,9 @@ def test_fit_publishes_a_versioned_bank_with_metadata(fitted):
     meta = json.loads((work / "bank" / "v0001" / "bank.json").read_text())
     assert json.loads((work / "bank" / "latest.json").read_text()) == {"version": "v0001"}
     assert meta["n_images"] == 11 and fit["n_calibration_images"] == 1  # 12 normal, 10 % held out
-    assert meta["n_patches"] == 11 * 64 and meta["n_bank"] == round(0.1 * 11 * 64 + 0.5)
+    # 64 px images, centre crop 56 px (crop_fraction 0.875): a 7x7 patch grid per image
+    assert meta["n_patches"] == 11 * 49 and meta["n_bank"] == round(0.1 * 11 * 49 + 0.5)
+    assert meta["crop_fraction"] == 0.875 and meta["grid"] == [7, 7]
     assert meta["backbone"] == "resnet18" and meta["layers"] == ["layer2", "layer3"]
     assert meta["fingerprint"].startswith("sha256:") and meta["threshold"] > 0
     run = mlflow.MlflowClient(tracking["tracking_uri"]).get_run(fit["mlflow_run_id"])
@@ -113,4 +115,4 @@ def test_fit_merges_shard_coresets_in_rounds_on_the_workers(ray_runtime, dataset
         "patchcore": small_patchcore(merge_max_vectors=100, calibration_fraction=0), "runtime": {"workers": 2},
         "tracking": {"enabled": False}}))
     assert fit["n_feature_shards"] == 2 and fit["coreset_merge_rounds"] >= 2
-    assert fit["n_bank"] == round(0.1 * 12 * 64 + 0.5)
+    assert fit["n_bank"] == round(0.1 * 12 * 49 + 0.5)

@@ -5,7 +5,7 @@ from PIL import Image
 
 from pipeline.config import PatchCoreSettings, StorageSettings
 from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder
-from pipeline.features.preprocess import gaussian_blur, to_input_tensor
+from pipeline.features.preprocess import Preprocess, gaussian_blur
 from pipeline.io.storage import Storage
 from pipeline.memory_bank.bank import BankMetadata
 from pipeline.memory_bank.index import ShardedIndex, build_index
@@ -15,7 +15,7 @@ STORAGE = Storage(StorageSettings())
 
 
 def load(folder) -> torch.Tensor:
-    return torch.stack([to_input_tensor(np.array(Image.open(p).convert("RGB")), 64)
+    return torch.stack([Preprocess(64)(np.array(Image.open(p).convert("RGB")))
                         for p in sorted(folder.glob("*.png"))])
 
 

@@ -78,6 +78,7 @@ def test_threaded_batches_equal_sequential_batches(dataset, tmp_path):
 
     from pipeline.config import DecodeSettings, StorageSettings
     from pipeline.demo_data import make_archive
+    from pipeline.features.preprocess import Preprocess
     from pipeline.io.batches import iter_batches
     from pipeline.io.sources import list_inputs, plan_units
     from pipeline.io.storage import Storage
@@ -89,7 +90,7 @@ def test_threaded_batches_equal_sequential_batches(dataset, tmp_path):
     def run(threads):
         out = []
         for unit in units:
-            for b in iter_batches(storage, unit, DecodeSettings(), 32, 3, threads):
+            for b in iter_batches(storage, unit, DecodeSettings(), Preprocess(32), 3, threads):
                 items = [(i.source_uri, i.member_index) for i in b.items]
                 out.append((items, [(f.source_uri, f.status) for f in b.failed], b.tensor))
         return out

@@ -40,10 +40,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
 from torch import Tensor, nn
 
+from pipeline.config import Interpolation
 from pipeline.detectors.base import ModelRef, ScoreBatch
 from pipeline.detectors.checkpoints import checkpoint_version, pack
 from pipeline.features.clip import load_clip, normalize, tokenizer
-from pipeline.features.preprocess import gaussian_blur
+from pipeline.features.preprocess import Preprocess, gaussian_blur
 from pipeline.io.storage import Storage
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class AnomalyCLIPSettings(BaseModel):
     clip_weights: str = "none"
     seed: int = 111
     image_size: int = Field(336, ge=16, le=1024, description="square input size: a multiple of the patch size")
+    interpolation: Interpolation = Field("bicubic", description="resize filter (official: bicubic)")
     n_ctx: int = Field(12, ge=1, le=64, description="learnable context tokens per prompt")
     deep_prompt_depth: int = Field(9, ge=1, description="text layers with learnable tokens (layer 1 = input ctx)")
     deep_prompt_length: int = Field(4, ge=1, description="context positions replaced in deeper text layers")
@@ -338,6 +340,7 @@ class AnomalyCLIPDetector:
         self.version = version or checkpoint_version(save_checkpoint(prompts, settings, clip_fingerprint))
         self.threshold: float | None = None
         self.image_size = settings.image_size
+        self.preprocess = Preprocess(settings.image_size, interpolation=settings.interpolation)
         with torch.no_grad():
             self.text = self.prompts(self.clip_model)
 

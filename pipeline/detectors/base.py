@@ -8,6 +8,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from pipeline.features.preprocess import Preprocess
+
 
 @dataclass
 class ScoreBatch:
@@ -32,8 +34,8 @@ class Detector(Protocol):
     name: str
     version: str  # identifies the model artifact (bank version + fingerprint, checkpoint hash)
     threshold: float | None  # calibrated decision threshold, if the artifact has one
-    image_size: int  # the square input size :meth:`score` expects
+    preprocess: Preprocess  # decoded image -> the input :meth:`score` expects
 
     def score(self, images: torch.Tensor) -> ScoreBatch:
-        """``images``: float ``[B,3,image_size,image_size]`` in 0..1."""
+        """``images``: float ``[B,3,S,S]`` in 0..1, ``S = preprocess.input_size``."""
         ...

@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, field_validator, model_validator
 from torch import Tensor, nn
 
-from pipeline.config import StorageSettings
+from pipeline.config import Interpolation, StorageSettings
 from pipeline.detectors.base import ModelRef, ScoreBatch
 from pipeline.detectors.checkpoints import checkpoint_version, pack
 from pipeline.features.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
-from pipeline.features.preprocess import gaussian_blur
+from pipeline.features.preprocess import Preprocess, gaussian_blur
 from pipeline.io.storage import Storage
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ class DMADSettings(BaseModel):
 
     variant: Literal["video", "image"] = "video"
     image_size: int = Field(256, ge=32, le=1024, description="square input size: a multiple of 8 (video), 32 (image)")
+    interpolation: Interpolation = Field("bilinear", description="resize filter (as the official code resizes)")
     in_frames: int = Field(4, ge=1, le=16, description="video: past frames the next frame is predicted from")
     channels: int = Field(32, ge=4, le=512, description="base width of the trainable networks")
     codebook_size: int = Field(200, ge=2, le=65536)
@@ -528,6 +529,7 @@ class DMADDetector:
         self.version = version or checkpoint_version(save_checkpoint(model, settings))
         self.threshold: float | None = None
         self.image_size = settings.image_size
+        self.preprocess = Preprocess(settings.image_size, interpolation=settings.interpolation)
 
     @classmethod
     def load(cls, storage: Storage, uri: str, device: str = "cpu") -> DMADDetector:

@@ -9,16 +9,30 @@ auxiliary labelled data then scores residuals, so it carries over to new data se
   patch map ``M`` (``[grid*grid]``).
 - Image residual: ``r = A(g_q) - mean_j A(g_pj)`` with ``A`` a trainable bottleneck adapter on the projected CLS
   embedding ``g``; ``s_i = head_i(r)``.
-- Text prior: ``s_t = softmax(100 * cos(g_q, [normal, anomalous]))[anomalous]`` with prompt-ensemble text embeddings.
+- Text prior: ``s_t = softmax(100 * cos(g_q, [normal, anomalous]))[anomalous]`` with prompt-ensemble text embeddings
+  of the object's name (the official code names the data set's class; see :func:`prompt_texts`).
 - Holistic head (official code): ``s_h = head_h(M + s_t + s_i)`` (the two scalars broadcast over the patch vector).
 - Final score: ``s = (s_h + max(M)) / 2``; the loss is ``BCE(s) + BCE(s_i)`` on balanced batches.
 
-Deliberate differences from the official code (github.com/mala-lab/InCTRL): every tensor keeps its query's batch
-row (the official reshapes mix images up when the batch size is above 1); the residual is query minus prompts (the
-official subtracts the other way round, which the head's first linear layer absorbs); the loss is BCE on the
-sigmoid outputs (``focal_gamma`` > 0 gives a focal loss; the official applies a with-logits focal loss to
-probabilities); the text prompts name a generic ``object_name`` instead of the data set's class name, and the
-anomalous states add "broken {}" to the official four.
+The authors' released weights load through :mod:`pipeline.importers.inctrl` and their few-shot prompt files through
+:func:`read_prompt_file`; ``tests/test_official_inctrl.py`` checks this forward pass against outputs of the official
+code (github.com/mala-lab/InCTRL) on the same weights and inputs. Remaining differences from the official code:
+
+- Batches: every tensor keeps its query's batch row (the official reshapes mix images up when the batch size is
+  above 1; its test runs batch size 1, which this equals).
+- Residual sign: query minus prompts (the official subtracts the other way round). The image head starts with a
+  linear layer, so the importer negates that layer's weight and the scores are identical.
+- Head layout: the official heads define a batch norm on their input that their forward never uses; it is not
+  built here (the importer drops its tensors).
+- Object name: the official test names each query's class from its data set; here it is the setting
+  ``object_name``, which a released few-shot file ``{class}.pt`` passed as prompts sets to its class.
+- Training (not needed for released weights): the loss is BCE on the sigmoid outputs (``focal_gamma`` > 0 gives a
+  focal loss; the official applies a with-logits focal loss to probabilities), and each query gets its prompts
+  from the other normal images of the auxiliary set (the official samples them per class).
+- Outputs: the official code returns image scores only; the anomaly maps here are the patch map ``M`` upsampled
+  bilinearly and Gaussian-smoothed (``sigma``).
+- Preprocessing: a square bicubic resize to ``image_size`` (pipeline.features.preprocess); the official resizes the
+  shorter side to 240 and centre-crops 240, the same on square images.
 """
 
 from __future__ import annotations
@@ -33,10 +47,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
+from pipeline.config import Interpolation
 from pipeline.detectors.base import ModelRef, ScoreBatch
 from pipeline.detectors.checkpoints import checkpoint_version, pack
-from pipeline.features.clip import load_clip, normalize, tokenizer
-from pipeline.features.preprocess import gaussian_blur, to_input_tensor
+from pipeline.features.clip import CLIP_MEAN, CLIP_STD, load_clip, normalize, tokenizer
+from pipeline.features.preprocess import Preprocess, gaussian_blur
 from pipeline.io.decode import decode_image
 from pipeline.io.sources import is_image
 from pipeline.io.storage import Storage
@@ -48,7 +63,7 @@ CHECKPOINT_FORMAT = "inctrl/1"
 
 NORMAL_STATES = ["{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
                  "{} without damage"]
-ANOMALOUS_STATES = ["damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage"]
+ANOMALOUS_STATES = ["damaged {}", "{} with flaw", "{} with defect", "{} with damage"]
 TEMPLATES = [
     "a cropped photo of the {}.", "a cropped photo of a {}.", "a close-up photo of a {}.",
     "a close-up photo of the {}.", "a bright photo of a {}.", "a bright photo of the {}.", "a dark photo of a {}.",
@@ -58,6 +73,9 @@ TEMPLATES = [
     "a photo of a {} for visual inspection.", "a photo of the {} for visual inspection.",
     "a photo of a {} for anomaly detection.", "a photo of the {} for anomaly detection.",
 ]
+# The official semantic-anomaly benchmark (CIFAR-10 one-vs-all): these class names get one sentence each instead
+SEMANTIC_CLASSES = frozenset({"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+                              "animal"})
 
 
 class InCTRLSettings(BaseModel):
@@ -67,6 +85,7 @@ class InCTRLSettings(BaseModel):
     clip_weights: str = Field("none", min_length=1, description="see pipeline.features.clip.load_clip")
     seed: int = Field(0, description="CLIP init (weights='none'), head init and training batches")
     image_size: int = Field(240, ge=16, le=1024, description="must equal the ViT's input size")
+    interpolation: Interpolation = Field("bicubic", description="resize filter (official: bicubic)")
     shots: int = Field(4, ge=1, le=64, description="k normal prompt images per query")
     patch_layers: list[int] = Field(default_factory=lambda: [7, 9, 11],
                                     description="1-based ViT blocks whose patch tokens give residual maps")
@@ -131,13 +150,24 @@ def group_prompts(features: ClipFeatures, shots: int) -> ClipFeatures:
     return ClipFeatures(features.global_.view(batch, shots, -1), grouped.reshape(batch, layers, shots * patches, width))
 
 
+def prompt_texts(settings: InCTRLSettings) -> tuple[list[str], list[str]]:
+    """The normal and the anomalous texts: every state in every template, except that (as in the official code)
+    a CIFAR-10 class name gets "a photo of {} for anomaly detection." and "a photo without {} for anomaly
+    detection." only."""
+    name = settings.object_name
+    if name in SEMANTIC_CLASSES:
+        return [f"a photo of {name} for anomaly detection."], [f"a photo without {name} for anomaly detection."]
+    normal = [t.format(s.format(name)) for s in settings.normal_states for t in settings.templates]
+    anomalous = [t.format(s.format(name)) for s in settings.anomalous_states for t in settings.templates]
+    return normal, anomalous
+
+
 def text_features(clip_model: nn.Module, settings: InCTRLSettings) -> Tensor:
     """``[2,E]``: the normalised mean of the normalised embeddings of the normal, then the anomalous prompts."""
     tokenize = tokenizer(settings.clip_arch)
     device = next(clip_model.parameters()).device
     rows = []
-    for states in (settings.normal_states, settings.anomalous_states):
-        texts = [t.format(s.format(settings.object_name)) for s in states for t in settings.templates]
+    for texts in prompt_texts(settings):
         embeddings = F.normalize(clip_model.encode_text(tokenize(texts).to(device)), dim=-1)
         rows.append(F.normalize(embeddings.mean(0), dim=-1))
     return torch.stack(rows)
@@ -216,6 +246,43 @@ def choose_prompts(uris: list[str], k: int, seed: int) -> list[str]:
     return sorted(random.Random(seed).sample(pool, k))
 
 
+@dataclass
+class PromptSet:
+    """Few-shot normal prompts ``[k,3,H,W]`` (0..1) and, where their source names it, the object they show."""
+
+    images: Tensor
+    object_name: str | None = None
+
+
+def is_prompt_file(uri: str) -> bool:
+    """Whether ``prompts`` names one of the authors' few-shot files (``{class}.pt``) rather than image folders."""
+    return uri.endswith(".pt")
+
+
+def read_prompt_file(data: bytes, uri: str, image_size: int, shots: int | None) -> PromptSet:
+    """An authors' few-shot prompt file: ``torch.save`` of a list of ``k`` CLIP-normalised ``[3,H,W]`` tensors
+    (the official test stacks them straight into the model's input, so they carry the official preprocessing and
+    normalisation). Returns them back in 0..1, and the class the official test names in its text prompts, which is
+    the file's name (``{class}.pt``, underscores read as spaces). ``shots``, when given, must equal ``k``."""
+    try:
+        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"prompts={uri}: not a few-shot prompt file readable as plain tensors ({exc})") from exc
+    stacked = isinstance(loaded, Tensor) and loaded.ndim == 4
+    images = list(loaded) if stacked or isinstance(loaded, (list, tuple)) else []
+    shape = (3, image_size, image_size)
+    if not images or any(not isinstance(t, Tensor) or not t.is_floating_point() or tuple(t.shape) != shape
+                         for t in images):
+        raise ValueError(f"prompts={uri}: expected a list of float tensors [3,{image_size},{image_size}] "
+                         "(a released InCTRL few-shot file)")
+    if shots is not None and shots != len(images):
+        raise ValueError(f"shots={shots} but prompts={uri} holds {len(images)} images")
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    name = uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".pt").replace("_", " ")
+    return PromptSet(torch.stack(images).float() * std + mean, name or None)
+
+
 def binary_loss(scores: Tensor, labels: Tensor, gamma: float) -> Tensor:
     bce = F.binary_cross_entropy(scores, labels, reduction="none")
     return (bce if gamma == 0 else (1 - torch.exp(-bce)).pow(gamma) * bce).mean()
@@ -288,16 +355,17 @@ def save_checkpoint(heads: InCTRLHeads, settings: InCTRLSettings, clip_fingerpri
 
 
 def load_checkpoint(data: bytes, storage: Storage, prompts: Tensor, clip_arch: str | None = None,
-                    clip_weights: str | None = None, shots: int | None = None, device: str = "cpu") -> InCTRLDetector:
+                    clip_weights: str | None = None, shots: int | None = None, device: str = "cpu",
+                    object_name: str | None = None) -> InCTRLDetector:
     """A detector from :func:`save_checkpoint` bytes and ``prompts`` ``[shots,3,H,W]`` (0..1). ``clip_arch``,
-    ``clip_weights`` and ``shots`` override the stored settings; CLIP weights other than those trained with are
-    refused unless training used a random-init CLIP."""
+    ``clip_weights``, ``shots`` and ``object_name`` override the stored settings; CLIP weights other than those
+    trained with are refused unless training used a random-init CLIP."""
     payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"not an InCTRL checkpoint (expected format {CHECKPOINT_FORMAT})")
     stored = InCTRLSettings.model_validate_json(payload["settings"])
-    overrides = {k: v for k, v in {"clip_arch": clip_arch, "clip_weights": clip_weights, "shots": shots}.items()
-                 if v is not None}
+    overrides = {k: v for k, v in {"clip_arch": clip_arch, "clip_weights": clip_weights, "shots": shots,
+                                   "object_name": object_name}.items() if v is not None}
     settings = InCTRLSettings.model_validate({**stored.model_dump(), **overrides})
     clip_model, fingerprint = load_clip(settings.clip_arch, settings.clip_weights, settings.seed, storage)
     trained_with = payload["clip_fingerprint"]
@@ -313,23 +381,28 @@ def load_checkpoint(data: bytes, storage: Storage, prompts: Tensor, clip_arch: s
     return InCTRLDetector(clip_model.to(device), heads.to(device), settings, prompts, checkpoint_version(data), device)
 
 
-def prompt_images(cfg: ScoreConfig, storage: Storage, checkpoint: bytes) -> Tensor:
-    """The few-shot normal prompts ``[shots,3,H,W]``: ``shots`` images chosen deterministically from ``cfg.prompts``."""
+def prompt_images(cfg: ScoreConfig, storage: Storage, checkpoint: bytes) -> PromptSet:
+    """The few-shot normal prompts: an authors' few-shot file as it is, or ``shots`` images chosen
+    deterministically from the images under ``cfg.prompts``."""
     settings = InCTRLSettings.model_validate_json(
         torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)["settings"])
+    if is_prompt_file(cfg.prompts):
+        return read_prompt_file(storage.read_bytes(cfg.prompts), cfg.prompts, settings.image_size, cfg.shots)
     shots = cfg.shots or settings.shots
     uris = [u for u in storage.list_files(cfg.prompts) if is_image(u)]
     if len(uris) < shots:
         raise ValueError(f"prompts={cfg.prompts}: {len(uris)} images, shots={shots} needs at least that many")
     chosen = choose_prompts(uris, shots, settings.seed)
-    return torch.stack([to_input_tensor(decode_image(storage.read_bytes(u), cfg.decode.max_pixels), settings.image_size)
-                        for u in chosen])
+    preprocess = Preprocess(settings.image_size, interpolation=settings.interpolation)
+    return PromptSet(torch.stack([preprocess(decode_image(storage.read_bytes(u), cfg.decode.max_pixels))
+                                  for u in chosen]))
 
 
 def load_for_score(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> InCTRLDetector:
     data = storage.read_bytes(model.uri)
-    return load_checkpoint(data, storage, prompt_images(cfg, storage, data), cfg.clip_arch, cfg.clip_weights,
-                           cfg.shots, device=device)
+    prompts = prompt_images(cfg, storage, data)
+    return load_checkpoint(data, storage, prompts.images, cfg.clip_arch, cfg.clip_weights, len(prompts.images),
+                           device=device, object_name=prompts.object_name)
 
 
 class InCTRLDetector:
@@ -347,6 +420,7 @@ class InCTRLDetector:
         self.settings = settings
         self.device = device
         self.image_size = settings.image_size
+        self.preprocess = Preprocess(settings.image_size, interpolation=settings.interpolation)
         self.threshold: float | None = None
         self.version = version or checkpoint_version(save_checkpoint(heads, settings, "unsaved"))
         if tuple(prompts.shape) != (settings.shots, 3, self.image_size, self.image_size):

@@ -16,7 +16,7 @@ from pipeline.config import PatchCoreSettings, ScoreConfig
 from pipeline.detectors.base import ModelRef, ScoreBatch
 from pipeline.features.backbones import build_backbone
 from pipeline.features.patch_embedding import PatchEmbedder
-from pipeline.features.preprocess import gaussian_blur
+from pipeline.features.preprocess import Preprocess, gaussian_blur
 from pipeline.io.storage import Storage
 from pipeline.memory_bank.bank import BankMetadata, load_index, load_metadata, resolve_bank_uri
 from pipeline.memory_bank.knn import NearestNeighbours, build_knn, resolve_engine
@@ -31,10 +31,16 @@ def build_embedder(settings: PatchCoreSettings, storage: Storage, device: str = 
     return embedder.to(device).eval(), weights_fingerprint
 
 
+def preprocess_of(settings: PatchCoreSettings | BankMetadata) -> Preprocess:
+    """The resize and centred crop a bank's images get (at fit, calibration and score alike)."""
+    return Preprocess.from_fraction(settings.image_size, settings.crop_fraction, settings.interpolation)
+
+
 def settings_from_metadata(meta: BankMetadata) -> PatchCoreSettings:
     return PatchCoreSettings(
         backbone=meta.backbone, weights=meta.weights, seed=meta.seed, layers=meta.layers,
-        image_size=meta.image_size, pretrain_embed_dim=meta.pretrain_embed_dim, embed_dim=meta.embed_dim,
+        image_size=meta.image_size, crop_fraction=meta.crop_fraction,
+        interpolation=meta.interpolation, pretrain_embed_dim=meta.pretrain_embed_dim, embed_dim=meta.embed_dim,
         coreset_ratio=meta.coreset_ratio, coreset_projection_dim=meta.coreset_projection_dim,
         num_neighbors=meta.num_neighbors, reweight=meta.reweight, sigma=meta.sigma, precision=meta.precision,
     )
@@ -70,7 +76,7 @@ class PatchCoreDetector:
         self.device = device
         self.version = f"{meta.version}:{meta.fingerprint[:19]}"
         self.threshold = meta.threshold
-        self.image_size = meta.image_size
+        self.preprocess = preprocess_of(meta)
 
     @classmethod
     def load(cls, storage: Storage, bank: str, version: str | None = None, device: str = "cpu",

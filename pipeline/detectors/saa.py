@@ -71,7 +71,7 @@ from pipeline.detectors.saa_stages import (
 )
 from pipeline.errors import SetupError
 from pipeline.features.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
-from pipeline.features.preprocess import gaussian_blur
+from pipeline.features.preprocess import Preprocess, gaussian_blur
 from pipeline.io.storage import Storage
 
 if TYPE_CHECKING:
@@ -157,6 +157,7 @@ class SAADetector:
         self.sam_size = int(sam.config.vision_config.image_size)
         self.image_size = settings.image_size or self.sam_size
         self.gdino_size = min(settings.gdino_size, self.image_size)
+        self.preprocess = Preprocess(self.image_size)  # a square, bilinear resize (as both HF processors), no crop
         self.max_text = int(gdino.config.max_text_len)
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)

@@ -4,7 +4,7 @@
 ``s3://``, loaded with ``weights_only=True``), or an open_clip pretrained tag such as
 ``laion400m_e32`` (downloads where the network allows). The ``tiny-vit-test`` architecture is a
 registered 64-px, 4-layer ViT with a 3-layer text tower: the same code path as ViT-L-14-336 or
-ViT-B-16-plus-240, small enough for CPU tests.
+ViT-B-16-plus-240, small enough for CPU tests; ``tiny-inctrl-test`` is a narrow 240-px ViT with InCTRL's shapes.
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ TINY_CONFIGS = {
         "embed_dim": 32,
         "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "head_width": 32, "patch_size": 8},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
+    },
+    # ViT-B-16-plus-240's input size, grid and embedding width (what the official InCTRL heads are built for)
+    "tiny-inctrl-test": {
+        "embed_dim": 640,
+        "vision_cfg": {"image_size": 240, "layers": 12, "width": 16, "head_width": 8, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
     },
 }
 _registered = False

@@ -2,17 +2,64 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def to_input_tensor(rgb: np.ndarray, size: int) -> torch.Tensor:
-    """``[H,W,3]`` uint8 to ``[3,size,size]`` float in 0..1 (antialiased bilinear resize)."""
-    t = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-    if t.shape[-2:] != (size, size):
-        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return t[0].clamp_(0.0, 1.0)
+@dataclass(frozen=True)
+class Preprocess:
+    """How a decoded image becomes a model input: a square resize to ``size`` with ``interpolation``
+    (antialiased, as PIL resizes), then a centred ``crop`` (``None``: no crop), as the official
+    torchvision ``Resize`` + ``CenterCrop`` transforms do. The image is squashed to the square rather
+    than resized by its shorter side: the same on the square images of MVTec AD, and a wide video frame
+    keeps its sides in view instead of losing them to the crop."""
+
+    size: int
+    crop: int | None = None
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+
+    @classmethod
+    def from_fraction(cls, size: int, crop_fraction: float, interpolation: Literal["bilinear", "bicubic"]
+                      ) -> Preprocess:
+        """Official PatchCore's ``--resize 256 --imagesize 224`` is ``size=256, crop_fraction=0.875``."""
+        crop = round(size * crop_fraction)
+        return cls(size, crop if crop < size else None, interpolation)
+
+    @property
+    def input_size(self) -> int:
+        """The square side the model sees."""
+        return self.crop or self.size
+
+    def _offset(self) -> int:
+        return int(round((self.size - self.input_size) / 2.0))  # torchvision's CenterCrop rounding
+
+    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
+        """``[H,W,3]`` uint8 to ``[3,input_size,input_size]`` float in 0..1."""
+        t = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        if t.shape[-2:] != (self.size, self.size):
+            t = F.interpolate(t, size=(self.size, self.size), mode=self.interpolation, antialias=True,
+                              align_corners=False)
+        return self.crop_square(t[0]).clamp_(0.0, 1.0)
+
+    def crop_square(self, t: torch.Tensor) -> torch.Tensor:
+        """The centred crop of a ``[..., size, size]`` tensor (a resized image or mask)."""
+        o, n = self._offset(), self.input_size
+        return t[..., o:o + n, o:o + n]
+
+    def uncrop(self, amap: np.ndarray) -> np.ndarray:
+        """A ``[input_size, input_size]`` map placed back on the resized ``[size, size]`` image, so heatmaps
+        and stored maps line up with the whole input; the border the crop cut off gets the map's minimum
+        (no evidence either way)."""
+        if not self.crop:
+            return amap
+        full = np.full((self.size, self.size), amap.min(), dtype=amap.dtype)
+        o, n = self._offset(), self.input_size
+        full[o:o + n, o:o + n] = amap
+        return full
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from pipeline.config import DecodeSettings
-from pipeline.features.preprocess import to_input_tensor
+from pipeline.features.preprocess import Preprocess
 from pipeline.io.decode import DecodeError, decode_image
 from pipeline.io.prefetch import ordered_map
 from pipeline.io.sources import RawItem, WorkUnit, iter_unit_items
@@ -44,7 +44,7 @@ class Failed:
 @dataclass
 class Batch:
     items: list[Decoded] = field(default_factory=list)
-    tensor: torch.Tensor | None = None  # [len(items), 3, size, size]
+    tensor: torch.Tensor | None = None  # [len(items), 3, input_size, input_size]
     failed: list[Failed] = field(default_factory=list)
 
 
@@ -85,16 +85,16 @@ def _iter_decoded(storage: Storage, unit: WorkUnit, decode: DecodeSettings, thre
     return ordered_map(lambda raw: _decode_raw(raw, decode), iter_unit_items(storage, unit, decode), threads)
 
 
-def _with_tensor(item: Decoded | Failed, size: int) -> tuple[Decoded | Failed, torch.Tensor | None]:
-    return item, (to_input_tensor(item.rgb, size) if isinstance(item, Decoded) else None)
+def _with_tensor(item: Decoded | Failed, preprocess: Preprocess) -> tuple[Decoded | Failed, torch.Tensor | None]:
+    return item, (preprocess(item.rgb) if isinstance(item, Decoded) else None)
 
 
-def iter_batches(storage: Storage, unit: WorkUnit, decode: DecodeSettings, size: int, batch_size: int,
-                 threads: int = 1) -> Iterator[Batch]:
+def iter_batches(storage: Storage, unit: WorkUnit, decode: DecodeSettings, preprocess: Preprocess,
+                 batch_size: int, threads: int = 1) -> Iterator[Batch]:
     """Batches of decoded inputs (images, tar members or sampled video frames) as model tensors.
     Decoding and resizing run on ``threads`` threads (the worker's CPU share)."""
     batch, tensors = Batch(), []
-    prepared = ordered_map(lambda item: _with_tensor(item, size), _iter_decoded(storage, unit, decode, threads),
+    prepared = ordered_map(lambda item: _with_tensor(item, preprocess), _iter_decoded(storage, unit, decode, threads),
                            threads)
     for item, tensor in prepared:
         if isinstance(item, Failed):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import DecodeSettings
-from pipeline.features.preprocess import to_input_tensor
+from pipeline.features.preprocess import Preprocess
 from pipeline.io.decode import DecodeError, decode_image
 from pipeline.io.sources import is_image
 from pipeline.io.storage import Storage
@@ -52,7 +52,8 @@ def _mask_uri(uri: str, files: set[str]) -> str | None:
     return None
 
 
-def load_labelled(storage: Storage, uri: str, size: int, decode: DecodeSettings = DecodeSettings()) -> LabelledSet:
+def load_labelled(storage: Storage, uri: str, preprocess: Preprocess, decode: DecodeSettings = DecodeSettings()
+                  ) -> LabelledSet:
     files = storage.list_files(uri)
     present = set(files)
     uris, images, labels, masks = [], [], [], []
@@ -65,14 +66,16 @@ def load_labelled(storage: Storage, uri: str, size: int, decode: DecodeSettings 
         except DecodeError:
             continue  # an unreadable training image is skipped, not fatal
         anomalous = where[1] != "good"
-        mask = torch.zeros(size, size)
+        size = preprocess.size
+        mask = torch.zeros(preprocess.input_size, preprocess.input_size)
         mask_path = _mask_uri(path, present) if anomalous else None
         if mask_path:
             grey = decode_image(storage.read_bytes(mask_path), decode.max_pixels)[..., 0]
             grey_t = torch.from_numpy((grey > 127).astype(np.float32))[None, None]
-            mask = (F.interpolate(grey_t, size=(size, size), mode="nearest")[0, 0] > 0.5).float()
+            resized = F.interpolate(grey_t, size=(size, size), mode="nearest")[0, 0]
+            mask = (preprocess.crop_square(resized) > 0.5).float()
         uris.append(path)
-        images.append(to_input_tensor(rgb, size))
+        images.append(preprocess(rgb))
         labels.append(int(anomalous))
         masks.append(mask)
     if not uris or all(labels) or not any(labels):

@@ -51,6 +51,8 @@ class BankMetadata(BaseModel):
     seed: int
     layers: list[str]
     image_size: int
+    crop_fraction: float = 1.0  # banks from before the crop setting scored the whole resized image
+    interpolation: str = "bilinear"
     pretrain_embed_dim: int
     embed_dim: int
     grid: tuple[int, int]

@@ -1,0 +1,1 @@
+"""Importers: the authors' released checkpoints to this product's artifacts."""
