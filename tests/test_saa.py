@@ -55,7 +55,7 @@ def test_proposals_are_regularised_by_every_object_property_prompt():
     """Two captions' GroundingDINO outputs on a 100 px image whose object (a 40x40 box, its mask the left half of
     it) was found: only the confident, small, on-object box that is not the object itself survives."""
     object_boxes = find_objects(torch.tensor([[10.0, 10, 50, 50], [0, 0, 100, 100]]), torch.tensor([0.6, 0.7]),
-                                threshold=0.3, instances=2, size=100)  # two instances: at most half the image each
+                                threshold=0.3, instances=2, size=100, limit=5)  # two instances: half the image
     assert object_boxes.tolist() == [[10.0, 10, 50, 50]]
     region = torch.zeros(100, 100, dtype=torch.bool)
     region[10:50, 10:30] = True
@@ -64,11 +64,13 @@ def test_proposals_are_regularised_by_every_object_property_prompt():
     second = (torch.tensor([[14.0, 30, 22, 38], [20, 20, 26, 26]]),  # below the threshold, the object's own name
               torch.tensor([0.2, 0.9]), torch.tensor([False, True]))
     boxes, scores = regularise_proposals([first, second], threshold=0.3, object_boxes=object_boxes, region=region,
-                                         max_area=0.3, min_inside=0.5)  # 30 % of a 16 %-of-the-image object
+                                         max_area=0.3, min_inside=0.5, limit=5)  # 30 % of a 16 %-image object
     assert boxes.tolist() == [[12.0, 12, 20, 20]] and scores.tolist() == [0.5]
     no_object = torch.zeros_like(region)  # nothing found: location does not apply, the area limit is the image's
-    boxes, _ = regularise_proposals([first], 0.3, object_boxes[:0], no_object, max_area=0.3, min_inside=0.5)
-    assert boxes.tolist() == [[12.0, 12, 20, 20], [40, 40, 48, 48], [10, 10, 30, 50]]
+    boxes, scores = regularise_proposals([first], 0.3, object_boxes[:0], no_object, 0.3, 0.5, limit=5)
+    assert boxes.tolist() == [[40.0, 40, 48, 48], [10, 10, 30, 50], [12, 12, 20, 20]]  # most confident first
+    boxes, scores = regularise_proposals([first], 0.3, object_boxes[:0], no_object, 0.3, 0.5, limit=2)
+    assert scores.tolist() == pytest.approx([0.9, 0.8])  # SAM refines at most `limit` proposals
 
 
 def _texture_with_odd_patch(size: int = 16, channels: int = 16) -> torch.Tensor:

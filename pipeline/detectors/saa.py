@@ -40,7 +40,9 @@ unless set), GroundingDINO sees them at ``min(gdino_size, image_size)`` (the off
 to 800), so nothing is padded; the object-name filter uses each box's best-matching token instead of all tokens
 above a text threshold; the official code min-max normalises maps over the whole test set, a batch job scores each
 image on its own, so maps and scores are raw confidences (comparable within a run for a fixed prompt set); the
-object is searched once per image with the union of its masks as the location region.
+object is searched once per image with the union of its masks as the location region; at most ``max_candidates``
+object boxes and region proposals per image (the most confident) go to SAM, where the official code refines every
+box above the threshold (with random weights that is every one of GroundingDINO's 900 queries per caption).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ if TYPE_CHECKING:
     from pipeline.config import ScoreConfig
 
 SALIENCY_LAYERS = ["layer1", "layer2", "layer3"]
+SAM_CHUNK = 16  # boxes per SAM mask-decoder call
 
 
 def read_prompts(storage: Storage, settings: SAASettings) -> PromptSet:
@@ -198,9 +201,11 @@ class SAADetector:
         size = self.image_size
         if len(boxes) == 0:
             return torch.zeros(0, size, size, dtype=torch.bool, device=self.device)
-        scaled = boxes * (self.sam_size / size)
-        out = self.sam(image_embeddings=embedding[None], input_boxes=scaled[None], multimask_output=False)
-        return resize_map(out.pred_masks[0, :, 0], size) > 0
+        masks = []
+        for chunk in (boxes * (self.sam_size / size)).split(SAM_CHUNK):  # bounds the full-size float masks
+            out = self.sam(image_embeddings=embedding[None], input_boxes=chunk[None], multimask_output=False)
+            masks.append(resize_map(out.pred_masks[0, :, 0], size) > 0)
+        return torch.cat(masks)
 
     def _saliency_features(self, images: Tensor) -> Tensor:
         taps = self.saliency(self._normalised(images, self.settings.saliency_size))
@@ -224,11 +229,12 @@ class SAADetector:
                    proposals: list[tuple[Tensor, Tensor, Tensor]], embedding: Tensor, features: Tensor) -> Tensor:
         """Image ``b``'s anomaly map (before smoothing) from the batch's GroundingDINO outputs."""
         s, p, size = self.settings, self.prompts, self.image_size
-        object_boxes = find_objects(objects[0][b], objects[1][b], s.box_threshold, p.instances, size)
+        object_boxes = find_objects(objects[0][b], objects[1][b], s.box_threshold, p.instances, size,
+                                    s.max_candidates)
         object_masks = self._segment(embedding, object_boxes)
         candidates, confidences = regularise_proposals(
             [(boxes[b], scores[b], is_object[b]) for boxes, scores, is_object in proposals], s.box_threshold,
-            object_boxes, object_masks.any(0), p.max_area, s.min_inside)
+            object_boxes, object_masks.any(0), p.max_area, s.min_inside, s.max_candidates)
         if len(candidates) == 0:
             return torch.zeros(size, size, device=self.device)
         masks = self._segment(embedding, candidates)

@@ -38,6 +38,8 @@ class SAASettings(BaseModel):
                             description="GroundingDINO sees the image at min(gdino_size, image_size) pixels")
     box_threshold: float = Field(0.1, ge=0, lt=1, description="region proposals below this GroundingDINO "
                                                               "confidence are dropped")
+    max_candidates: int = Field(100, ge=1, le=10_000, description="most object boxes and region proposals per "
+                                                                   "image that SAM refines (the most confident)")
     min_inside: float = Field(0.5, ge=0, le=1, description="location prompt: least fraction of a candidate box "
                                                            "that must lie on the object's mask")
     saliency_backbone: Literal["resnet18", "resnet50", "wide_resnet50_2"] = Field(

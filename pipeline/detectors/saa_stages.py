@@ -46,18 +46,19 @@ def keep_inside(boxes: Tensor, region: Tensor, min_inside: float) -> Tensor:
     return inside_fraction(boxes, region) >= min_inside
 
 
-def find_objects(boxes: Tensor, scores: Tensor, threshold: float, instances: int, size: int) -> Tensor:
+def find_objects(boxes: Tensor, scores: Tensor, threshold: float, instances: int, size: int, limit: int) -> Tensor:
     """Object property prompt: the boxes of the object-name caption above ``threshold`` and smaller than
-    ``1 / instances`` of the image."""
-    return boxes[(scores > threshold) & keep_small(boxes, size, 1.0 / instances)]
+    ``1 / instances`` of the image, at most ``limit``, the most confident."""
+    keep = (scores > threshold) & keep_small(boxes, size, 1.0 / instances)
+    return boxes[keep][top_k(scores[keep], limit)]
 
 
 def regularise_proposals(proposals: list[tuple[Tensor, Tensor, Tensor]], threshold: float, object_boxes: Tensor,
-                         region: Tensor, max_area: float, min_inside: float) -> tuple[Tensor, Tensor]:
+                         region: Tensor, max_area: float, min_inside: float, limit: int) -> tuple[Tensor, Tensor]:
     """One image's candidate boxes and confidences from every caption's ``(boxes [Q,4], scores [Q], is_object
     [Q])``: above ``threshold``, not the object itself, smaller than ``max_area`` of the object's (largest) box, or
     of the image if no object was found, and with ``min_inside`` of their pixels on the object ``region`` (when it
-    is not empty)."""
+    is not empty); at most ``limit``, the most confident (each one costs a SAM decoding and a mask)."""
     size = region.shape[-1]
     object_area = float(box_area_fraction(object_boxes, size).max()) if len(object_boxes) else 1.0
     kept_boxes, kept_scores = [], []
@@ -67,7 +68,9 @@ def regularise_proposals(proposals: list[tuple[Tensor, Tensor, Tensor]], thresho
             keep &= keep_inside(boxes, region, min_inside)
         kept_boxes.append(boxes[keep])
         kept_scores.append(scores[keep])
-    return torch.cat(kept_boxes), torch.cat(kept_scores)
+    boxes, scores = torch.cat(kept_boxes), torch.cat(kept_scores)
+    best = top_k(scores, limit)
+    return boxes[best], scores[best]
 
 
 def top_k(scores: Tensor, k: int) -> Tensor:
