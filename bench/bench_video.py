@@ -7,7 +7,7 @@ timestamps, frame-index bookkeeping) and through the plain loop
 ``for f in container.decode(video=0): f.to_ndarray(format="rgb24")``; best of 3 each, ratio.
 Scoring: ``jobs.score`` (local Ray, 2 workers x 1 CPU) on the same file, frames/s of the scoring
 stage (start-up reported apart): PatchCore at 256 px (random-init backbone) and DMAD's video
-variant at 128 px (trained here for 20 steps on this file: a speed number, not a quality one).
+variant at 256 px, official ped2 widths (trained here for 20 steps on this file: a speed number, not a quality one).
 """
 
 import argparse
@@ -92,7 +92,7 @@ def main() -> None:
                    capture_output=True)
     model = WORK / f"dmad-{time.time_ns()}.pt"
     subprocess.run([sys.executable, "-m", "jobs.train", "--detector", "dmad", "--variant", "video", "--normal",
-                    str(path), "--model-out", str(model), "--steps", "20", "--image-size", "128", "--no-tracking",
+                    str(path), "--model-out", str(model), "--steps", "20", "--image-size", "256", "--no-tracking",
                     "--workers", "2"], check=True, cwd=HERE.parent, env=env, capture_output=True)
     for detector_args in (["--detector", "patchcore"], ["--detector", "dmad", "--model", str(model)]):
         proc = subprocess.run([sys.executable, "-m", "jobs.score", "--input", str(path), "--bank", str(bank),

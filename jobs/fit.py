@@ -21,6 +21,8 @@ FLAGS = [
     Flag("--crop-fraction", "patchcore.crop_fraction"),
     Flag("--interpolation", "patchcore.interpolation"),
     Flag("--embed-dim", "patchcore.embed_dim"),
+    Flag("--patchsize", "patchcore.patchsize"),
+    Flag("--anomaly-scorer-num-nn", "patchcore.anomaly_scorer_num_nn"),
     Flag("--calibration-fraction", "patchcore.calibration_fraction"),
     Flag("--seed", "patchcore.seed"),
     Flag("--precision", "patchcore.precision"),

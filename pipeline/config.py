@@ -79,8 +79,11 @@ class VideoSettings(_Strict):
 class PatchCoreSettings(_Strict):
     backbone: Literal["resnet18", "resnet50", "wide_resnet50_2"] = Field(
         "resnet18", description="CNN whose intermediate features describe the patches")
-    weights: str = Field("none", min_length=1,
-                         description="backbone weights: path, s3:// URI, 'torchvision', or 'none' for random init")
+    weights: str = Field(
+        "none", min_length=1,
+        description="backbone weights: path, s3:// URI, 'torchvision:ENUM' (torchvision:IMAGENET1K_V1, "
+                    "torchvision:IMAGENET1K_V2, torchvision:DEFAULT; plain 'torchvision' = IMAGENET1K_V1, as the "
+                    "paper), or 'none' for random init")
     seed: int = Field(0, description="random init (weights 'none'), projection and coreset sampling")
     layers: list[Literal["layer1", "layer2", "layer3"]] = Field(
         ["layer2", "layer3"], description="backbone stages whose features are combined")
@@ -91,6 +94,9 @@ class PatchCoreSettings(_Strict):
     interpolation: Interpolation = Field("bilinear", description="resize filter (antialiased, as PIL)")
     pretrain_embed_dim: int = Field(1024, ge=8, description="each layer's patch features are pooled to this size")
     embed_dim: int = Field(384, ge=8, description="length of one patch vector in the memory bank")
+    patchsize: int = Field(
+        3, ge=1, le=9, description="side of the feature-map neighbourhood aggregated into one patch vector (odd; "
+                                   "the official code's patchsize, 3 or 5)")
     coreset_ratio: float = Field(
         0.1, gt=0, le=1, description="fraction of the patch vectors kept in the memory bank (greedy coreset)")
     coreset_projection_dim: int = Field(128, ge=0, description="0 = greedy on the full features")
@@ -104,8 +110,13 @@ class PatchCoreSettings(_Strict):
     merge_max_vectors: int = Field(
         2_000_000, ge=2, description="most vectors one coreset merge step reduces; a larger union of shard "
                                      "coresets is merged in rounds (a merge tree)")
-    num_neighbors: int = Field(9, ge=1, description="bank neighbours used to reweight an image score")
-    reweight: bool = Field(False, description="reweight image scores by the density around the nearest patch")
+    anomaly_scorer_num_nn: int = Field(
+        1, ge=1, le=64, description="a patch's score is the mean squared L2 distance to its this many nearest bank "
+                                    "vectors (the official code's anomaly_scorer_num_nn)")
+    num_neighbors: int = Field(9, ge=1, description="reweight (Eq. 7): bank neighbours of the nearest patch whose "
+                                                     "density damps the image score")
+    reweight: bool = Field(False, description="reweight image scores by the density around the nearest patch "
+                                              "(paper Eq. 7; not in the official code)")
     sigma: float = Field(4.0, ge=0, description="Gaussian smoothing of the anomaly map, in pixels")
     calibration_fraction: float = Field(
         0.1, ge=0, lt=1, description="fraction of the normal images held out to calibrate the decision threshold; "
@@ -116,6 +127,13 @@ class PatchCoreSettings(_Strict):
     images_per_shard: int = Field(512, ge=1, description="normal images per fit work unit, or shard")
     index_dtype: Literal["float32", "float16"] = Field("float32", description="float16 halves bank memory")
     shard_vectors: int = Field(1_000_000, ge=1, description="most vectors in one index shard file")
+
+    @field_validator("patchsize")
+    @classmethod
+    def _patchsize_odd(cls, patchsize: int) -> int:
+        if patchsize % 2 == 0:
+            raise ValueError("must be odd (the neighbourhood is centred on its patch)")
+        return patchsize
 
     @field_validator("layers")
     @classmethod

@@ -154,7 +154,8 @@ def split_calibration(listing: Listing, fraction: float) -> tuple[Listing, list[
 
 
 FEATURE_SETTINGS = ("backbone", "weights", "seed", "layers", "image_size", "crop_fraction", "interpolation",
-                    "pretrain_embed_dim", "embed_dim", "precision", "coreset_ratio", "coreset_projection_dim")
+                    "pretrain_embed_dim", "embed_dim", "patchsize", "precision", "coreset_ratio",
+                    "coreset_projection_dim")
 
 
 def _parent(storage: Storage, cfg: FitConfig) -> tuple[FitConfig, BankMetadata | None, np.ndarray | None]:
@@ -163,23 +164,29 @@ def _parent(storage: Storage, cfg: FitConfig) -> tuple[FitConfig, BankMetadata |
         return cfg, None, None
     uri = resolve_bank_uri(storage, cfg.bank, cfg.update_from)
     parent = load_metadata(storage, uri)
+    if parent.bn_shift_input is not None:
+        raise ConfigError(f"update_from={parent.version}: that bank was imported from the official code, whose "
+                          f"features come from a backbone with shifted BatchNorm statistics; our fits use the clean "
+                          f"backbone, so its vectors cannot be extended: fit a new bank instead")
     vectors = load_index(storage, uri, parent).all_vectors()
     inherited = {k: getattr(parent, k) for k in FEATURE_SETTINGS}
     cfg = cfg.model_copy(update={"patchcore": cfg.patchcore.model_copy(update=inherited)})
     return cfg, parent, vectors
 
 
-def _check_weights(storage: Storage, weights: str) -> None:
-    """A weights file that cannot be read or loaded fails here, on the driver, before any worker starts."""
-    if weights in ("none", "torchvision"):
-        if weights == "none":
-            log.warning("patchcore.weights=none: the backbone is randomly initialised, so this bank's scores mean "
-                        "nothing about real anomalies (fine for tests and demos; give a weights file for real use)")
-        return
-    from pipeline.features.backbones import WeightsError, load_state_dict
+def _check_weights(storage: Storage, backbone: str, weights: str) -> None:
+    """Weights that cannot be named, read or loaded fail here, on the driver, before any worker starts."""
+    from pipeline.features.backbones import WeightsError, is_torchvision, load_state_dict, torchvision_weights
 
+    if weights == "none":
+        log.warning("patchcore.weights=none: the backbone is randomly initialised, so this bank's scores mean "
+                    "nothing about real anomalies (fine for tests and demos; give a weights file for real use)")
+        return
     try:
-        load_state_dict(storage, weights)
+        if is_torchvision(weights):
+            torchvision_weights(backbone, weights)
+        else:
+            load_state_dict(storage, weights)
     except WeightsError as exc:
         raise SetupError(str(exc)) from exc
 
@@ -192,7 +199,7 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     tracking_uri = check_tracking(cfg.tracking)
     cfg, parent, parent_vectors = _parent(storage, cfg)
     pc = cfg.patchcore
-    _check_weights(storage, pc.weights)
+    _check_weights(storage, pc.backbone, pc.weights)
     listing = list_inputs(storage, cfg.normal)
     if not listing.images and not listing.tars and not listing.videos:
         raise ConfigError(f"normal={cfg.normal}: no images, .tar shards or videos found")
@@ -259,7 +266,9 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
         backbone=pc.backbone, weights=pc.weights, weights_fingerprint=weights_fingerprint, seed=pc.seed,
         layers=pc.layers, image_size=pc.image_size, crop_fraction=pc.crop_fraction,
         interpolation=pc.interpolation, pretrain_embed_dim=pc.pretrain_embed_dim,
-        embed_dim=pc.embed_dim, grid=grid, coreset_ratio=pc.coreset_ratio,
+        embed_dim=pc.embed_dim, grid=grid, patchsize=pc.patchsize,
+        patch_distance=parent.patch_distance if parent else "squared", anomaly_scorer_num_nn=pc.anomaly_scorer_num_nn,
+        coreset_ratio=pc.coreset_ratio,
         coreset_projection_dim=pc.coreset_projection_dim, num_neighbors=pc.num_neighbors, reweight=pc.reweight,
         sigma=pc.sigma, precision=pc.precision, index_dtype=pc.index_dtype,
         n_images=n_images + (parent.n_images if parent else 0), n_errors=len(errors), n_patches=total_patches,

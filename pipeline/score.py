@@ -138,6 +138,11 @@ class ScoreWorker:
             reason = "the video variant of DMAD scores videos only; train --variant image for images"
             return [self._error_row(unit, Failed(s, m, reason, member_index=i))
                     for s, m, i in unit_input_keys(self.storage, self.cfg, unit)]
+        try:
+            scene = det.scene_of(unit.video)
+        except ValueError as exc:
+            return [self._error_row(unit, Failed(s, m, str(exc), member_index=i))
+                    for s, m, i in unit_input_keys(self.storage, self.cfg, unit)]
         lead = max(0, unit.frame_start - context * unit.frame_stride)
         span = WorkUnit(unit.unit_id, video=unit.video, frame_start=lead, frame_end=unit.frame_end,
                         frame_stride=unit.frame_stride)
@@ -150,9 +155,9 @@ class ScoreWorker:
         if not items:
             return rows
         start = time.perf_counter()
-        parts = det.score_clip(torch.stack([t for _, t in items])) if len(items) > context else None
+        parts = det.score_clip(torch.stack([t for _, t in items]), scene=scene) if len(items) > context else None
         per_frame_ms = (time.perf_counter() - start) * 1e3 / len(items)
-        scores = (video_frame_scores(parts, det.settings.alpha, det.settings.window) if parts else [])
+        scores = (video_frame_scores(parts, det.settings) if parts else [])
         for i, (item, _) in enumerate(items):
             if item.frame_index < unit.frame_start:
                 continue  # context for the first predictions, scored by the previous unit

@@ -24,8 +24,10 @@ from pipeline.detectors.dmad import (
     image_losses,
     make_optimizer,
     save_checkpoint,
+    video_background,
     video_losses,
 )
+from pipeline.detectors.dmad_video import scene_of
 from pipeline.features.preprocess import Preprocess
 from pipeline.io.batches import iter_batches
 from pipeline.io.sources import Listing, list_inputs, plan_units, plan_video_units
@@ -52,7 +54,8 @@ class DMADTrainWorker:
         self.samples = self._load_share()
 
     def _load_share(self) -> torch.Tensor:
-        """This rank's training samples: clip windows (video) or images, at the model's input size."""
+        """This rank's training samples: clip windows (video) or images, at the model's input size. Sets
+        ``self.scenes``: each sample's background index (video; 0 unless the model has one per scene)."""
         cfg = self.cfg
         listing = list_inputs(self.storage, cfg.normal)
         video = cfg.dmad.variant == "video"
@@ -62,23 +65,35 @@ class DMADTrainWorker:
         units = (plan_video_units(self.storage, mine, cfg.video.model_copy(update={"frames_per_unit": 10**9}))
                  if video else plan_units(Listing(mine, [], []), 10**9)[0])
         preprocess = Preprocess(cfg.dmad.image_size, interpolation=cfg.dmad.interpolation)
-        samples = []
+        samples, scenes = [], []
         for unit in units:
+            scene = scene_of(unit.video, cfg.dmad.scenes) if video else 0
             frames = [b.tensor for b in iter_batches(self.storage, unit, cfg.decode, preprocess, 64)
                       if b.tensor is not None]
             if not frames:
                 continue
             stacked = torch.cat(frames)
-            if video:
-                if len(stacked) > cfg.dmad.in_frames:
-                    samples.append(clip_windows(stacked, cfg.dmad.in_frames))
-            else:
-                samples.append(stacked)
+            if video and len(stacked) <= cfg.dmad.in_frames:
+                continue
+            samples.append(clip_windows(stacked, cfg.dmad.in_frames) if video else stacked)
+            scenes.append(torch.full((len(samples[-1]),), scene, dtype=torch.long))
         if not samples:
             kind = "videos with more than in_frames frames" if video else "images"
             raise ValueError(f"normal={cfg.normal}: no decodable {kind} for DMAD ({cfg.dmad.variant}) training")
-        data = torch.cat(samples)
-        return data if split_files else data[self.rank::self.world]
+        data, self.scenes = torch.cat(samples), torch.cat(scenes)
+        if not split_files:
+            data, self.scenes = data[self.rank::self.world], self.scenes[self.rank::self.world]
+        return data
+
+    def _start_background(self, model: torch.nn.Module) -> None:
+        """Video: each scene's background starts at the median of the training frames, averaged over the ranks
+        that have frames of that scene (the official code starts from a precomputed image)."""
+        background, seen = video_background(self.samples, self.scenes, self.cfg.dmad)
+        background, seen = background.to(self.device), seen.to(self.device, torch.float32)
+        dist.all_reduce(background)
+        dist.all_reduce(seen)
+        with torch.no_grad():
+            model.background.copy_(background / seen.clamp(min=1).view(-1, 1, 1, 1))
 
     def address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), _free_port()
@@ -93,15 +108,19 @@ class DMADTrainWorker:
         try:
             torch.manual_seed(cfg.seed)  # identical initial replicas
             model = build_model(cfg.dmad, self.storage).to(self.device)
+            video = cfg.dmad.variant == "video"
+            if video:
+                self._start_background(model)
             optimizer = make_optimizer(model, cfg.dmad)
-            losses = video_losses if cfg.dmad.variant == "video" else image_losses
             rng = np.random.default_rng(cfg.seed + 1000 * self.rank)
             params = [p for p in model.parameters() if p.requires_grad]
             curve = []
             model.train()
             for _ in range(cfg.steps):
                 pick = rng.choice(len(self.samples), size=min(cfg.batch_size, len(self.samples)), replace=False)
-                parts = losses(model, self.samples[torch.from_numpy(pick)].to(self.device), cfg.dmad)
+                batch = self.samples[torch.from_numpy(pick)].to(self.device)
+                parts = (video_losses(model, batch, cfg.dmad, self.scenes[torch.from_numpy(pick)].to(self.device))
+                         if video else image_losses(model, batch, cfg.dmad))
                 optimizer.zero_grad(set_to_none=True)
                 parts["total"].backward()
                 for p in params:

@@ -74,7 +74,9 @@ def test_untrained_detector_shapes():
         detector.score(torch.zeros(1, 3, 32, 32))
 
 
-def test_global_path_equals_open_clip_and_dpam_changes_patches(clip):
+def test_global_path_is_the_class_token_without_ln_post_and_dpam_changes_patches(clip):
+    """As the official code: the global embedding is open_clip's class token projected without ``ln_post`` (the
+    DPAM path leaves it alone); patch tokens go through ``ln_post`` and the projection."""
     model = clip[0]
     x = normalize(labelled_set(2)[0])
     layers = len(model.visual.transformer.resblocks)
@@ -85,13 +87,23 @@ def test_global_path_equals_open_clip_and_dpam_changes_patches(clip):
         model.visual.output_tokens = True
         try:
             _, tokens = model.visual(x)
+            trunk = model.visual.transformer(model.visual.ln_pre(_embed(model.visual, x)))
         finally:
             model.visual.output_tokens = False
-    torch.testing.assert_close(plain_global, reference, atol=1e-5, rtol=0)
-    torch.testing.assert_close(dpam_global, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(plain_global, trunk[:, 0] @ model.visual.proj, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.visual.ln_post(trunk[:, 0]) @ model.visual.proj, reference, atol=1e-5, rtol=0)
+    assert (plain_global - reference).abs().max() > 1e-2  # so ln_post really is left out
+    torch.testing.assert_close(dpam_global, plain_global, atol=1e-5, rtol=0)
     torch.testing.assert_close(plain[1], tokens @ model.visual.proj, atol=1e-5, rtol=0)
     torch.testing.assert_close(dpam[0], plain[0])  # layer 1 comes before DPAM starts
     assert (dpam[1] - plain[1]).abs().max() > 1e-2
+
+
+def _embed(visual, x):
+    """open_clip's token embedding before ``ln_pre``: patches, class token, positional embedding."""
+    x = visual.conv1(x).flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1)
+    return torch.cat([cls, x], dim=1) + visual.positional_embedding
 
 
 def test_prompts_without_deep_tokens_equal_encode_text(clip):

@@ -66,3 +66,12 @@ def test_unreachable_s3_fails_fast_naming_the_endpoint():
         "storage.connect_timeout_s": 1, "storage.max_attempts": 1}).storage)
     with pytest.raises(StorageError, match=rf"normal=s3://b/x: storage unreachable.*endpoint_url={endpoint}"):
         storage.check_reachable("s3://b/x", "normal")
+
+
+def test_patchsize_must_be_odd_and_the_scoring_k_positive():
+    base = {"normal": "/a", "bank": "/b"}
+    assert load_config(FitConfig, None, base | {"patchcore.patchsize": 5}).patchcore.patchsize == 5
+    with pytest.raises(ConfigError, match=r"patchcore\.patchsize \(--patchsize\): .*must be odd"):
+        load_config(FitConfig, None, base | {"patchcore.patchsize": 4}, {"patchcore.patchsize": "--patchsize"})
+    with pytest.raises(ConfigError, match=r"patchcore\.anomaly_scorer_num_nn"):
+        load_config(FitConfig, None, base | {"patchcore.anomaly_scorer_num_nn": 0})

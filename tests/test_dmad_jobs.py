@@ -5,17 +5,19 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import torch
 from conftest import free_port  # noqa: F401 - keeps conftest's environment set-up
 
 from pipeline.config import ScoreConfig, StorageSettings
 from pipeline.demo_data import make_video
+from pipeline.detectors.dmad import DMADDetector
 from pipeline.io.storage import Storage
 from pipeline.score import run_score
 from pipeline.train import TrainConfig, run_train
 from pipeline.video_summary import read_rows
 
-TINY = {"variant": "video", "image_size": 32, "in_frames": 2, "channels": 8, "codebook_size": 16, "code_dim": 16,
-        "window": 3}
+TINY = {"variant": "video", "image_size": 256, "in_frames": 2, "code_dim": 16, "skip_channels": 2,
+        "offset_channels": 8, "codebook_size": 16, "window": 3, "window_keep": 2}
 
 
 def test_train_on_two_workers_then_score_a_video(ray_runtime, tmp_path):
@@ -68,3 +70,29 @@ def test_image_variant_trains_and_scores_images(ray_runtime, dataset, tmp_path):
     rows = read_rows(Storage(StorageSettings()), scored["output"], columns=None)
     assert len(rows) == 8 and all(r["status"] == "ok" and np.isfinite(r["score"]) for r in rows)
     assert all(r["heatmap_uri"] for r in rows)
+
+
+def test_shanghai_layout_trains_one_background_per_scene_and_scores_by_file_name(ray_runtime, tmp_path):
+    normal = tmp_path / "normal"
+    make_video(normal / "01_001.mp4", n_frames=6, size=48, seed=1)
+    make_video(normal / "02_001.mp4", n_frames=6, size=48, seed=2)
+    model = tmp_path / "shanghai.pt"
+    run_train(TrainConfig.model_validate({
+        "normal": str(normal), "model_out": str(model), "steps": 2, "batch_size": 2,
+        "dmad": {**TINY, "layout": "shanghai", "colour": "gray", "scenes": 2}, "runtime": {"workers": 2},
+        "tracking": {"enabled": False}}))
+    det = DMADDetector.load(Storage(StorageSettings()), str(model))
+    backgrounds = det.model.background.detach()
+    assert not torch.allclose(backgrounds[0], backgrounds[1], atol=1e-3)  # each scene started from its own frames
+
+    archive = tmp_path / "archive"
+    make_video(archive / "02_0007.mp4", n_frames=6, size=48, seed=2)
+    make_video(archive / "lobby.mp4", n_frames=6, size=48, seed=3)
+    scored = run_score(ScoreConfig.model_validate({
+        "input": str(archive), "detector": "dmad", "model": str(model), "output": str(tmp_path / "out"),
+        "run_name": "sh", "runtime": {"workers": 1}, "tracking": {"enabled": False}}))
+    rows = read_rows(Storage(StorageSettings()), scored["output"], columns=None)
+    scene_rows = [r for r in rows if r["source_uri"].endswith("02_0007.mp4")]
+    assert [r["status"] for r in sorted(scene_rows, key=lambda r: r["frame_index"])] == ["unscored"] * 2 + ["ok"] * 4
+    lobby = [r for r in rows if r["source_uri"].endswith("lobby.mp4")]
+    assert len(lobby) == 1 and lobby[0]["status"] == "error" and "scene" in lobby[0]["error"]

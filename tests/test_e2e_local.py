@@ -116,3 +116,29 @@ def test_fit_merges_shard_coresets_in_rounds_on_the_workers(ray_runtime, dataset
         "tracking": {"enabled": False}}))
     assert fit["n_feature_shards"] == 2 and fit["coreset_merge_rounds"] >= 2
     assert fit["n_bank"] == round(0.1 * 12 * 49 + 0.5)
+
+
+def test_fit_with_the_official_patchsize_and_k_scores_as_it_calibrated(ray_runtime, dataset, tmp_path):
+    """patchsize 5 and anomaly_scorer_num_nn 3 reach the workers, bank.json, and the scorer that loads it:
+    the held-out image scores exactly the calibrated threshold (its max) when the bank is loaded again."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.config import StorageSettings
+    from pipeline.detectors.patchcore import PatchCoreDetector
+    from pipeline.fit import split_calibration
+    from pipeline.io.sources import list_inputs
+    from pipeline.io.storage import Storage
+
+    storage = Storage(StorageSettings())
+    normal = str(dataset / "train" / "good")
+    run_fit(FitConfig.model_validate({
+        "normal": normal, "bank": str(tmp_path / "bank"), "runtime": {"workers": 2}, "tracking": {"enabled": False},
+        "patchcore": small_patchcore(patchsize=5, anomaly_scorer_num_nn=3)}))
+    meta = json.loads((tmp_path / "bank" / "v0001" / "bank.json").read_text())
+    assert (meta["patchsize"], meta["anomaly_scorer_num_nn"], meta["patch_distance"]) == (5, 3, "squared")
+    assert meta["bn_shift_input"] is None  # our fits keep the clean backbone
+    detector = PatchCoreDetector.load(storage, str(tmp_path / "bank"))
+    _, held = split_calibration(list_inputs(storage, normal), 0.1)
+    image = detector.preprocess(np.array(Image.open(held[0].removeprefix("file://")).convert("RGB")))
+    assert detector.score(image[None]).scores[0] == pytest.approx(meta["threshold"], rel=1e-5)

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from pipeline.config import PatchCoreSettings, StorageSettings
 from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder
 from pipeline.features.preprocess import Preprocess, gaussian_blur
 from pipeline.io.storage import Storage
-from pipeline.memory_bank.bank import BankMetadata
+from pipeline.memory_bank.bank import BankMetadata, publish_bank
 from pipeline.memory_bank.index import ShardedIndex, build_index
 from pipeline.memory_bank.knn import build_knn
 
@@ -27,7 +29,8 @@ def detector_for(dataset, engine: str = "faiss", precision: str | None = None, *
     meta = BankMetadata(created_at="now", normal_uri="x", backbone=settings.backbone, weights="none",
                         weights_fingerprint=fp, seed=0, layers=settings.layers, image_size=64,
                         pretrain_embed_dim=settings.pretrain_embed_dim, embed_dim=settings.embed_dim, grid=grid,
-                        coreset_ratio=1.0, coreset_projection_dim=128, num_neighbors=settings.num_neighbors,
+                        coreset_ratio=1.0, coreset_projection_dim=128, patchsize=settings.patchsize,
+                        anomaly_scorer_num_nn=settings.anomaly_scorer_num_nn, num_neighbors=settings.num_neighbors,
                         reweight=settings.reweight, sigma=settings.sigma, n_images=12, n_errors=0,
                         n_patches=len(bank), n_bank=len(bank), n_shards=1, threshold=None, calibration={},
                         fingerprint="sha256:x")
@@ -107,14 +110,15 @@ def test_gaussian_blur_matches_scipy_style_kernel_and_keeps_mass():
 
 
 def test_device_engine_gives_exact_distances_and_the_maps_faiss_gives(dataset):
-    """Torch engine (float32, and bfloat16 with its float32 re-rank) against exact float64 distances;
+    """Patch scores are squared L2 distances to the nearest bank vector.
+    Torch engine (float32, and bfloat16 with its float32 re-rank) against exact float64 distances;
     faiss computes |q|^2 - 2qb + |b|^2 in float32, which near zero distances is only good to ~1e-3."""
     images = torch.cat([load(dataset / "test" / "defect"), load(dataset / "test" / "good")])
     det = detector_for(dataset, "faiss")
     feats, (h, w) = det.embedder(images)
     bank = det.knn.index.all_vectors().astype(np.float64)
     q = feats.reshape(-1, feats.shape[-1]).numpy().astype(np.float64)
-    exact = np.sqrt(((q ** 2).sum(1)[:, None] - 2 * q @ bank.T + (bank ** 2).sum(1)[None]).clip(0).min(1))
+    exact = ((q ** 2).sum(1)[:, None] - 2 * q @ bank.T + (bank ** 2).sum(1)[None]).clip(0).min(1)  # squared
     exact = torch.from_numpy(exact.reshape(len(images), h, w)).float()
     exact_maps = gaussian_blur(torch.nn.functional.interpolate(exact[:, None], size=(64, 64), mode="bilinear",
                                                                align_corners=False)[:, 0], 4.0).numpy()
@@ -131,7 +135,8 @@ def test_device_engine_gives_exact_distances_and_the_maps_faiss_gives(dataset):
 
 
 def test_reweighting_follows_equation_7(dataset):
-    """s = (1 - softmax_j(|m_test - n_j|)[m*]) * s*, with n_j the bank's k nearest to m* (m* first)."""
+    """s = (1 - softmax_j(|m_test - n_j|)[m*]) * s*, with n_j the bank's k nearest to m* (m* first) and
+    s* the worst patch's score (its squared distance to m*)."""
     det = detector_for(dataset, "torch", reweight=True, num_neighbors=3)
     images = load(dataset / "test" / "defect")
     feats, _ = det.embedder(images)
@@ -144,4 +149,35 @@ def test_reweighting_follows_equation_7(dataset):
         support = np.argsort(np.linalg.norm(bank - m_star, axis=1))[:3]
         d = np.linalg.norm(bank[support] - patches[worst], axis=1)
         weight = 1 - np.exp(d[0]) / np.exp(d).sum()
-        assert det.score(images[i:i + 1]).scores[0] == pytest.approx(weight * s_star, rel=1e-4)
+        assert det.score(images[i:i + 1]).scores[0] == pytest.approx(weight * s_star ** 2, rel=1e-4)
+
+
+@pytest.mark.parametrize("engine", ["faiss", "torch"])
+def test_patch_score_is_the_mean_of_the_k_nearest_squared_distances(dataset, engine):
+    """The official rule (anomaly_scorer_num_nn = 3), on both engines, against float64 brute force."""
+    det = detector_for(dataset, engine, anomaly_scorer_num_nn=3)
+    images = load(dataset / "test" / "defect")
+    feats, (h, w) = det.embedder(images)
+    bank = (det.knn.bank.numpy() if engine == "torch" else det.knn.index.all_vectors()).astype(np.float64)
+    q = feats.reshape(-1, feats.shape[-1]).numpy().astype(np.float64)
+    d2 = ((q[:, None] - bank[None]) ** 2).sum(-1)
+    expected = np.sort(d2, axis=1)[:, :3].mean(1).reshape(len(images), h, w)
+    scores, _, _ = det.patch_scores(images)
+    assert np.allclose(scores.numpy(), expected, rtol=1e-4, atol=1e-5)
+    assert np.allclose(det.score(images).scores, expected.reshape(len(images), -1).max(1), rtol=1e-4)
+
+
+def test_a_bank_from_before_the_official_rule_scores_as_it_was_calibrated(dataset, tmp_path):
+    """A bank.json without patch_distance was built and thresholded on plain L2 to the nearest vector."""
+    det = detector_for(dataset)
+    images = load(dataset / "test" / "defect")
+    storage = Storage(StorageSettings())
+    new = publish_bank(storage, str(tmp_path / "bank"), det.knn.index.all_vectors(), det.meta, 1000)
+    manifest = tmp_path / "bank" / new.version / "bank.json"
+    old = json.loads(manifest.read_text())
+    for field in ("patch_distance", "anomaly_scorer_num_nn", "patchsize", "bn_shift_input"):
+        del old[field]
+    manifest.write_text(json.dumps(old))
+    legacy = PatchCoreDetector.load(storage, str(tmp_path / "bank"))
+    assert legacy.meta.patch_distance == "euclidean"
+    assert np.allclose(legacy.score(images).scores ** 2, det.score(images).scores, rtol=1e-4)

@@ -9,8 +9,10 @@ masks) and then used unchanged on unseen objects:
   tokens (shared by both prompts); the text encoder itself stays frozen;
 - DPAM (diagonally prominent attention map): from vision layer ``dpam_start`` on, a second path runs beside the
   original one with V-V self-attention (q and k replaced by v) and no MLP, as CLIP Surgery; the class token (global
-  embedding) is taken from the original path, so it equals open_clip's ``encode_image``; the patch tokens of
-  ``feature_layers`` are taken from the DPAM path and go through ``ln_post`` and ``proj``;
+  embedding) is taken from the original path and projected *without* ``ln_post``, as the official
+  ``VisionTransformer.forward`` (``x_ori[0] @ proj``; so it is not open_clip's ``encode_image``); the patch tokens
+  of ``feature_layers`` are taken from the DPAM path (from the original path before ``dpam_start``) and go through
+  ``ln_post`` and ``proj``;
 - each feature layer gives a 2-channel (normal, anomalous) softmax similarity map at ``1/temperature``; the anomaly
   map is the anomalous channel averaged over the layers, upsampled bilinearly and Gaussian-smoothed;
 - the image score is the softmax probability of "anomalous" for the global image embedding (as the official
@@ -19,16 +21,36 @@ masks) and then used unchanged on unseen objects:
   dice loss on each channel (anomalous vs the mask, normal vs its complement).
 
 Layer numbers are 1-based, as in the official code (``features_list=[6, 12, 18, 24]``, DPAM in layers 6..24 of
-ViT-L/14). Deliberate simplifications of the official code (github.com/zqhang/AnomalyCLIP): the anomaly map is the
-mean, not the sum, of the per-layer maps (same ranking, stays in 0..1); the image score leaves out the map maximum;
-the focal loss has no 1e-5 label smoothing; positional embeddings are resized (bicubic) only when ``image_size``
-differs from the CLIP's native size (the official code runs ViT-L/14@336 at 518 px); the unused vision-side prompt
-projections of the official prompt learner are not built; only open_clip's default residual blocks
-(``nn.MultiheadAttention``) are supported on the vision side.
+ViT-L/14: the official ``DPAM_layer=20`` is ``dpam_start = layers - DPAM_layer + 2``).
+
+Details that follow the official code (github.com/zqhang/AnomalyCLIP, checked against it by
+``tests/test_official_anomalyclip.py``): positional embeddings are resized *bilinearly* when ``image_size`` differs
+from the CLIP's native size (ViT-L/14@336 runs at 518 px); the deep text tokens are rounded to float16 before they
+replace the context positions (the official block calls ``.half()`` on them, also in float32 runs); the anomaly
+map uses the anomalous softmax channel (the official ``(p1 + 1 - p0) / 2`` is the same number).
+
+Released checkpoints: the authors' prompts were trained with code in which every "feature layer" of the DPAM path
+was in fact the last layer (the tokens were appended without a copy and the next blocks added to them in place;
+fixed upstream in April 2025, commit 2a7c886). They behave as published only with ``feature_layers=[24]``, which
+:mod:`pipeline.importers.anomalyclip` writes into the imported checkpoint (upstream's ``train.sh``/``test.sh`` now pass
+``--features_list 24`` too, commit cc0cfba); ``[6, 12, 18, 24]`` (the default: the four layers the paper describes)
+stays available for prompts trained here.
+
+Remaining differences from the official code, and why:
+
+- the anomaly map is the *mean*, not the sum, of the per-layer maps: same ranking, and it stays in 0..1 for
+  thresholds and heatmaps (with the released checkpoint's single layer the two are equal);
+- the image score is the official ``test.py`` one (global softmax); some upstream versions add the map maximum;
+- the focal loss has no 1e-5 label smoothing and the training loss has no ``lam = 4`` weight on the local terms
+  (added upstream after the release; ``focal_weight``/``dice_weight`` set it);
+- the official prompt learner's unused ``compound_prompt_projections`` (vision-side, never applied) are not built
+  and are dropped on import;
+- only open_clip's default residual blocks (``nn.MultiheadAttention``) are supported on the vision side.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 from collections.abc import Iterable
@@ -60,7 +82,7 @@ class AnomalyCLIPSettings(BaseModel):
     clip_arch: str = "ViT-L-14-336"
     clip_weights: str = "none"
     seed: int = 111
-    image_size: int = Field(336, ge=16, le=1024, description="square input size: a multiple of the patch size")
+    image_size: int = Field(518, ge=16, le=1024, description="square input size: a multiple of the patch size")
     interpolation: Interpolation = Field("bicubic", description="resize filter (official: bicubic)")
     n_ctx: int = Field(12, ge=1, le=64, description="learnable context tokens per prompt")
     deep_prompt_depth: int = Field(9, ge=1, description="text layers with learnable tokens (layer 1 = input ctx)")
@@ -116,6 +138,13 @@ class AnomalyCLIPPrompts(nn.Module):
         self.ctx = nn.Parameter(torch.randn(2, settings.n_ctx, width) * 0.02)
         self.deep = nn.Parameter(torch.randn(settings.deep_prompt_depth - 1, settings.deep_prompt_length, width) * 0.02)
 
+    def fixed_token_embeddings(self, clip_model: nn.Module) -> Tensor:
+        """``[rows, width]``: the token embeddings of both prompts outside the context (start token, then
+        "object." / "damaged object.", end token and padding), normal prompt first: what the official prompt
+        learner keeps as ``token_prefix_*``/``token_suffix_*`` buffers."""
+        tokens = _text_tower(clip_model).token_embedding(self.token_ids)
+        return torch.cat([torch.cat([t[:1], t[1 + self.n_ctx:]]) for t in tokens])
+
     def forward(self, clip_model: nn.Module) -> Tensor:
         """Normalised text embeddings ``[2, embed_dim]``: row 0 normal, row 1 anomalous."""
         text = _text_tower(clip_model)
@@ -126,7 +155,7 @@ class AnomalyCLIPPrompts(nn.Module):
         length = self.deep.shape[1]
         for i, block in enumerate(text.transformer.resblocks):
             if 1 <= i <= self.deep.shape[0]:
-                deep = self.deep[i - 1].to(x.dtype).expand(x.shape[0], -1, -1)
+                deep = self.deep[i - 1].half().to(x.dtype).expand(x.shape[0], -1, -1)  # float16 as official
                 x = torch.cat([x[:, :1], deep, x[:, 1 + length:]], dim=1)
             x = block(x, attn_mask=text.attn_mask)
         x = text.ln_final(x)
@@ -134,6 +163,12 @@ class AnomalyCLIPPrompts(nn.Module):
         projection = text.text_projection
         pooled = projection(pooled) if isinstance(projection, nn.Linear) else pooled @ projection
         return F.normalize(pooled, dim=-1)
+
+
+def token_embedding_sha256(rows: Tensor) -> str:
+    """A fingerprint of the CLIP token embeddings a prompt was trained with (:meth:`AnomalyCLIPPrompts.
+    fixed_token_embeddings`), rounded to float16 (OpenAI's weights are float16, so every lossless copy agrees)."""
+    return "sha256:" + hashlib.sha256(rows.detach().cpu().half().contiguous().numpy().tobytes()).hexdigest()
 
 
 def build_prompts(settings: AnomalyCLIPSettings, clip_model: nn.Module) -> AnomalyCLIPPrompts:
@@ -153,7 +188,7 @@ def _positional_embedding(visual: nn.Module, grid: int) -> Tensor:
     if native == grid:
         return pos
     patches = pos[1:].reshape(1, native, native, -1).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
+    patches = F.interpolate(patches, size=(grid, grid), mode="bilinear", align_corners=False)
     return torch.cat([pos[:1], patches.permute(0, 2, 3, 1).reshape(grid * grid, -1)])
 
 
@@ -193,8 +228,9 @@ def _dpam_block(block: nn.Module, x: Tensor, dpam: Tensor | None) -> tuple[Tenso
 
 def encode_image(clip_model: nn.Module, images: Tensor, feature_layers: list[int], dpam_start: int
                  ) -> tuple[Tensor, list[Tensor]]:
-    """``images``: CLIP-normalised ``[B,3,H,W]``. Returns the global embedding ``[B, embed_dim]`` (unnormalised, as
-    ``encode_image``) and, per feature layer, projected patch tokens ``[B, grid², embed_dim]``."""
+    """``images``: CLIP-normalised ``[B,3,H,W]``. Returns the global embedding ``[B, embed_dim]`` (unnormalised; the
+    class token projected without ``ln_post``, as the official code) and, per feature layer, projected patch tokens
+    ``[B, grid², embed_dim]``."""
     visual = clip_model.visual
     blocks = visual.transformer.resblocks
     if max(feature_layers) > len(blocks):
@@ -209,7 +245,7 @@ def encode_image(clip_model: nn.Module, images: Tensor, feature_layers: list[int
             x = block(x)
         if layer in feature_layers:
             taken.append(x if dpam is None else dpam)
-    pooled = visual.ln_post(x[:, 0]) @ visual.proj
+    pooled = x[:, 0] @ visual.proj
     patches = [visual.ln_post(t[:, 1:]) @ visual.proj for t in taken]
     return pooled, patches
 
@@ -300,7 +336,9 @@ def save_checkpoint(prompts: AnomalyCLIPPrompts, settings: AnomalyCLIPSettings, 
 def load_checkpoint(data: bytes, storage: Storage, clip_arch: str | None = None, clip_weights: str | None = None,
                     device: str = "cpu") -> AnomalyCLIPDetector:
     """``clip_arch``/``clip_weights`` override the stored ones. Prompts trained against real CLIP weights are
-    refused with other weights; prompts trained against a random init (tests, smoke runs) are not checked."""
+    refused with other weights; prompts trained against a random init (tests, smoke runs) are not checked. An
+    imported checkpoint (:mod:`pipeline.importers.anomalyclip`) carries ``clip_token_sha256`` instead: the CLIP's
+    token embeddings must be those the authors trained with, whatever file they come from."""
     payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"not an AnomalyCLIP checkpoint (expected format {CHECKPOINT_FORMAT})")
@@ -309,7 +347,9 @@ def load_checkpoint(data: bytes, storage: Storage, clip_arch: str | None = None,
     settings = AnomalyCLIPSettings.model_validate({**settings.model_dump(), **overrides})
     clip_model, fingerprint = load_clip(settings.clip_arch, settings.clip_weights, settings.seed, storage)
     trained_with = payload["clip_fingerprint"]
-    if fingerprint != trained_with and not trained_with.startswith(RANDOM_FINGERPRINT_PREFIX):
+    token_sha256 = payload.get("clip_token_sha256")
+    if (token_sha256 is None and fingerprint != trained_with
+            and not trained_with.startswith(RANDOM_FINGERPRINT_PREFIX)):
         raise ValueError(f"CLIP {settings.clip_arch} with weights {settings.clip_weights} has fingerprint "
                          f"{fingerprint}; the prompts were trained with {trained_with}")
     prompts = build_prompts(settings, clip_model)
@@ -317,6 +357,9 @@ def load_checkpoint(data: bytes, storage: Storage, clip_arch: str | None = None,
         prompts.load_state_dict(payload["state"])
     except RuntimeError as exc:
         raise ValueError(f"checkpoint prompts do not fit CLIP {settings.clip_arch}: {exc}") from exc
+    if token_sha256 is not None and token_embedding_sha256(prompts.fixed_token_embeddings(clip_model)) != token_sha256:
+        raise ValueError(f"clip_weights={settings.clip_weights}: these CLIP token embeddings are not those the "
+                         f"prompts were trained with ({trained_with})")
     return AnomalyCLIPDetector(clip_model.to(device), prompts.to(device), settings, fingerprint,
                                version=checkpoint_version(data), device=device)
 

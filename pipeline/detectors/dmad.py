@@ -5,25 +5,24 @@ deformation field absorb the *diversity* of normal samples (objects moving, part
 shows as a residual the codebook cannot reproduce or as an unusually large deformation: the deformation magnitude
 is the "diversity measure" of the title.
 
-- ``variant="video"`` (PDM): predict frame t from frames ``t-in_frames..t-1``. Encoder -> VQ -> decoder with
-  coordinate channels -> a coarse + fine offset field warps the decoded frame -> blended with a learnt background
-  template through a predicted foreground mask. Frame score: :func:`video_frame_scores`.
+- ``variant="video"`` (PDM): a port of the official network and frame score, in
+  :mod:`pipeline.detectors.dmad_video` (its docstring lists every remaining difference from the official code).
+  This module wraps it: settings, 0..1 RGB clips to training windows, training, checkpoints and the detector.
 - ``variant="image"`` (PPDM): an offset field warps the input before a frozen CNN (layer1..layer3); the layer3
   branch is quantised, a decoder reconstructs the feature pyramid; the map is the summed ``1 - cosine`` similarity,
   warped back with the negated offsets (an approximate inverse) and Gaussian-smoothed; the image score is the map's
   maximum plus ``deform_weight`` times the mean offset length.
 
-Deliberate simplifications of the official code (github.com/FlappyPeggy/DMAD): the two offset levels are added and
-applied in one warp (not two warps in sequence); the video decoder has no unquantised skip connections; the image
-variant inverts its warp with the negated offsets instead of a second learnt offset network and quantises a 1x1
-projection of layer3; frame components are frame means (not the maximum of local box means); temporal smoothing is
-a plain moving average; the background template starts at mid-grey, not at a precomputed median image.
+The image variant is NOT yet the official PPDM: the official one uses a WideResNet50 encoder with RD4AD's bottleneck
+and de-ResNet decoder, quantises inside the bottleneck, and inverts its warp with a second learnt offset network;
+ours adds the two offset levels and applies them in one warp, quantises a 1x1 projection of layer3, and inverts the
+warp with the negated offsets.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -34,8 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, field_valid
 from torch import Tensor, nn
 
 from pipeline.config import Interpolation, StorageSettings
+from pipeline.detectors import dmad_video as pdm
 from pipeline.detectors.base import ModelRef, ScoreBatch
 from pipeline.detectors.checkpoints import checkpoint_version, pack
+from pipeline.detectors.dmad_video import OFFICIAL_ALPHA, Layout, VideoDMAD, to_model_space
 from pipeline.features.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from pipeline.features.preprocess import Preprocess, gaussian_blur
 from pipeline.io.storage import Storage
@@ -44,36 +45,40 @@ if TYPE_CHECKING:
     from pipeline.config import ScoreConfig
 
 IMAGE_LAYERS = ["layer1", "layer2", "layer3"]
-BACKGROUND_LR_SCALE = 50.0  # as the official PDM: the background template learns 50x faster than the networks
-CHECKPOINT_FORMAT = "dmad/1"
+CHECKPOINT_FORMAT = "dmad/2"  # 2: the ported official video network
 
-Component = Literal["deformation", "reconstruction", "gradient"]
+Component = Literal["deformation", "reconstruction", "gradient", "foreground"]
 
 
 class DMADSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     variant: Literal["video", "image"] = "video"
-    image_size: int = Field(256, ge=32, le=1024, description="square input size: a multiple of 8 (video), 32 (image)")
+    image_size: int = Field(256, ge=32, le=1024,
+                            description="square input size: a multiple of 256 (video, as official), 32 (image)")
     interpolation: Interpolation = Field("bilinear", description="resize filter (as the official code resizes)")
+    layout: Layout = Field("ped2", description="video: which official model file the network follows")
+    colour: Literal["bgr", "gray"] = Field("bgr", description="video: BGR (official ped2) or grey (avenue, shanghai)")
     in_frames: int = Field(4, ge=1, le=16, description="video: past frames the next frame is predicted from")
-    channels: int = Field(32, ge=4, le=512, description="base width of the trainable networks")
+    channels: int = Field(32, ge=4, le=512, description="image: base width of the trainable networks")
+    skip_channels: int = Field(32, ge=1, le=512, description="video: width of the detached skip connections")
+    offset_channels: int = Field(64, ge=1, le=512, description="video: width of the offset network")
+    scenes: int = Field(1, ge=1, le=1000, description="video: backgrounds, one per scene (shanghai)")
     codebook_size: int = Field(200, ge=2, le=65536)
-    code_dim: int = Field(256, ge=2, le=4096)
+    code_dim: int = Field(256, ge=2, le=4096, description="codebook vectors; video: the encoder's last width")
     beta: float = Field(0.25, ge=0, description="VQ commitment weight")
     max_offset_coarse: float = Field(2.0, gt=0, description="largest coarse offset, in input pixels")
     max_offset_fine: float = Field(3.0, gt=0, description="largest fine offset, in input pixels")
-    reconstruction_weight: float = Field(1.0, ge=0, description="loss: frame L2 (video), feature cosine (image)")
-    gradient_weight: float = Field(1.0, ge=0, description="loss: gradient difference (video)")
-    vq_weight: float = Field(1.0, ge=0, description="loss: codebook + commitment")
-    smoothness_weight: float = Field(0.01, ge=0, description="loss: total variation of the offsets, in pixels")
-    magnitude_weight: float = Field(0.005, ge=0, description="loss: mean offset length, in pixels")
-    alpha: dict[Component, NonNegativeFloat] = Field(
-        default_factory=lambda: {"deformation": 0.2, "reconstruction": 0.4, "gradient": 0.6},
-        description="video: weights of the per-video normalised frame score components (official values)")
-    window: int = Field(11, ge=1, description="video: frames in the centred moving average of frame scores (odd)")
+    reconstruction_weight: float = Field(1.0, ge=0, description="image loss: feature cosine")
+    vq_weight: float = Field(1.0, ge=0, description="image loss: codebook + commitment")
+    smoothness_weight: float = Field(0.01, ge=0, description="image loss: total variation of the offsets, in pixels")
+    magnitude_weight: float = Field(0.005, ge=0, description="image loss: mean offset length, in pixels")
+    alpha: dict[Component, NonNegativeFloat] | None = Field(
+        None, description="video: weights of the per-video normalised frame score components (default: official)")
+    window: int = Field(11, ge=1, description="video: frames in the trimmed moving average of frame scores (odd)")
+    window_keep: int = Field(5, ge=1, description="video: frames of each window, closest to its mean, averaged")
     deform_weight: float = Field(0.05, ge=0, description="image: score = max(map) + deform_weight * mean offset")
-    sigma: float = Field(4.0, ge=0, description="Gaussian smoothing of the maps, in pixels")
+    sigma: float = Field(4.0, ge=0, description="image: Gaussian smoothing of the maps, in pixels")
     backbone: Literal["resnet18", "resnet50", "wide_resnet50_2"] = "resnet18"
     weights: str = Field("none", min_length=1, description="image backbone: path, s3:// URI, 'torchvision', 'none'")
     seed: int = Field(0, description="image backbone initialisation when weights='none'")
@@ -88,17 +93,33 @@ class DMADSettings(BaseModel):
 
     @field_validator("alpha")
     @classmethod
-    def _some_weight(cls, alpha: dict[str, float]) -> dict[str, float]:
-        if sum(alpha.values()) <= 0:
+    def _some_weight(cls, alpha: dict[str, float] | None) -> dict[str, float] | None:
+        if alpha is not None and sum(alpha.values()) <= 0:
             raise ValueError("give at least one positive component weight")
         return alpha
 
     @model_validator(mode="after")
     def _size_fits_the_network(self) -> DMADSettings:
-        stride = 8 if self.variant == "video" else 32
+        stride = 256 if self.variant == "video" else 32
         if self.image_size % stride:
             raise ValueError(f"image_size must be a multiple of {stride} for variant={self.variant}")
+        if self.variant == "video":
+            if self.code_dim % 8:
+                raise ValueError("code_dim must be a multiple of 8 for variant=video (the encoder widths)")
+            if self.window_keep > self.window:
+                raise ValueError("window_keep must not exceed window")
+            if self.scenes > 1 and self.layout != "shanghai":
+                raise ValueError("scenes > 1 needs layout=shanghai (one background per scene)")
+            unknown = set(self.score_weights) - set(OFFICIAL_ALPHA[self.layout])
+            if unknown:
+                raise ValueError(f"alpha: layout={self.layout} has no component {sorted(unknown)}; "
+                                 f"use {sorted(OFFICIAL_ALPHA[self.layout])}")
         return self
+
+    @property
+    def score_weights(self) -> dict[str, float]:
+        """The frame score's component weights: ``alpha``, or the official ones for the layout."""
+        return dict(self.alpha) if self.alpha is not None else dict(OFFICIAL_ALPHA[self.layout])
 
 
 # ---------------------------------------------------------------- building blocks
@@ -183,17 +204,6 @@ def warp(x: Tensor, offset: Tensor) -> Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def gradient_difference(pred: Tensor, target: Tensor) -> Tensor:
-    """Per-sample mean ``|d pred - d target|`` over x and y: the gradient difference loss (power 1) ``[B]``."""
-    def dx(t: Tensor) -> Tensor:
-        return t[..., :, 1:] - t[..., :, :-1]
-
-    def dy(t: Tensor) -> Tensor:
-        return t[..., 1:, :] - t[..., :-1, :]
-
-    return (dx(pred) - dx(target)).abs().mean((1, 2, 3)) + (dy(pred) - dy(target)).abs().mean((1, 2, 3))
-
-
 def total_variation(field: Tensor) -> Tensor:
     """Mean absolute difference between neighbouring offsets: the offset smoothness penalty."""
     return (field[..., :, 1:] - field[..., :, :-1]).abs().mean() + (field[..., 1:, :] - field[..., :-1, :]).abs().mean()
@@ -209,50 +219,7 @@ def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
     return 1 - F.cosine_similarity(a, b, dim=1)
 
 
-# ---------------------------------------------------------------- video variant (PDM)
-
-
-@dataclass
-class VideoOutput:
-    prediction: Tensor  # [B,3,H,W] the predicted next frame, 0..1
-    coarse: Tensor  # [B,2,H/4,W/4] pixels
-    fine: Tensor  # [B,2,H,W] pixels
-    offset: Tensor  # [B,2,H,W] coarse (upsampled) + fine
-    vq_loss: Tensor
-
-
-class VideoDMAD(nn.Module):
-    """PDM: predicts the next frame from ``in_frames`` past frames stacked on channels (all 0..1)."""
-
-    backbone_fingerprint = None
-
-    def __init__(self, s: DMADSettings):
-        super().__init__()
-        c, cin = s.channels, 3 * s.in_frames
-        self.in_frames = s.in_frames
-        self.enc1 = nn.Sequential(conv_bn_relu(cin, c), conv_bn_relu(c, c))
-        self.enc2 = nn.Sequential(conv_bn_relu(c, 2 * c), conv_bn_relu(2 * c, 2 * c))
-        self.enc3 = nn.Sequential(conv_bn_relu(2 * c, 4 * c), conv_bn_relu(4 * c, 4 * c))
-        self.to_code = nn.Conv2d(4 * c, s.code_dim, 3, padding=1)
-        self.vq = VectorQuantizer(s.codebook_size, s.code_dim, s.beta)
-        up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
-        self.decoder = nn.Sequential(CoordBlock(s.code_dim, 4 * c), up, CoordBlock(4 * c, 2 * c), up,
-                                     CoordBlock(2 * c, c), up, nn.Conv2d(c, 3, 3, padding=1), nn.Sigmoid())
-        self.mask_head = nn.Sequential(conv_bn_relu(c, c), nn.Conv2d(c, 1, 3, padding=1), nn.Sigmoid())
-        self.offset_net = OffsetNet(cin, c, s.max_offset_coarse, s.max_offset_fine)
-        self.background = nn.Parameter(torch.full((3, s.image_size, s.image_size), 0.5))
-
-    def forward(self, past: Tensor) -> VideoOutput:
-        f1 = self.enc1(past)
-        f3 = self.enc3(F.max_pool2d(self.enc2(F.max_pool2d(f1, 2)), 2))
-        q, vq_loss, _ = self.vq(self.to_code(F.max_pool2d(f3, 2)))
-        coarse, fine = self.offset_net(past)
-        offset = compose(coarse, fine)
-        foreground = warp(torch.cat([self.decoder(q), self.mask_head(f1)], dim=1), offset)
-        frame, mask = foreground[:, :3], foreground[:, 3:]
-        # the template learns from its own loss only (as the official code), so it stays a background
-        prediction = mask * frame + (1 - mask) * self.background.detach()
-        return VideoOutput(prediction, coarse, fine, offset, vq_loss)
+# ---------------------------------------------------------------- video variant (PDM): see dmad_video
 
 
 def clip_windows(frames: Tensor, in_frames: int) -> Tensor:
@@ -262,58 +229,23 @@ def clip_windows(frames: Tensor, in_frames: int) -> Tensor:
     return frames.unfold(0, in_frames + 1, 1).permute(0, 4, 1, 2, 3)
 
 
-def _split_windows(windows: Tensor, in_frames: int) -> tuple[Tensor, Tensor]:
-    if windows.ndim != 5 or windows.shape[1] != in_frames + 1 or windows.shape[2] != 3:
-        raise ValueError(f"video batches are [B, in_frames+1={in_frames + 1}, 3, H, W], got {list(windows.shape)}")
-    return windows[:, :in_frames].flatten(1, 2), windows[:, in_frames]
+def split_windows(windows: Tensor, s: DMADSettings) -> tuple[Tensor, Tensor]:
+    """0..1 RGB windows ``[B, in_frames+1, 3, H, W]`` -> (past frames on channels, target), in the official space."""
+    if windows.ndim != 5 or windows.shape[1] != s.in_frames + 1 or windows.shape[2] != 3:
+        raise ValueError(f"video batches are [B, in_frames+1={s.in_frames + 1}, 3, H, W], got {list(windows.shape)}")
+    x = to_model_space(windows, s.colour)
+    return x[:, :s.in_frames].flatten(1, 2), x[:, s.in_frames]
 
 
-def video_losses(model: VideoDMAD, windows: Tensor, s: DMADSettings) -> dict[str, Tensor]:
-    past, target = _split_windows(windows, s.in_frames)
-    out = model(past)
-    parts = {
-        "reconstruction": F.mse_loss(out.prediction, target),
-        "gradient": gradient_difference(out.prediction, target).mean(),
-        "vq": out.vq_loss,
-        "smoothness": total_variation(out.coarse) + total_variation(out.fine),
-        "magnitude": (offset_length(out.coarse) + offset_length(out.fine)).mean(),
-        "background": F.mse_loss(model.background.expand_as(target), target),  # the template's own loss
-    }
-    parts["total"] = (s.reconstruction_weight * parts["reconstruction"] + s.gradient_weight * parts["gradient"]
-                      + s.vq_weight * parts["vq"] + s.smoothness_weight * parts["smoothness"]
-                      + s.magnitude_weight * parts["magnitude"] + parts["background"])
-    return parts
+def video_losses(model: VideoDMAD, windows: Tensor, s: DMADSettings, scenes: Tensor | None = None
+                 ) -> dict[str, Tensor]:
+    past, target = split_windows(windows, s)
+    return pdm.losses(model, past, target, scenes)
 
 
-def video_components(model: VideoDMAD, windows: Tensor, sigma: float) -> dict[str, Tensor]:
-    """Per-frame score components of the predicted frames, and their smoothed squared-error maps."""
-    past, target = _split_windows(windows, model.in_frames)
-    out = model(past)
-    err = (out.prediction - target).pow(2)
-    return {"deformation": offset_length(out.offset), "reconstruction": err.mean((1, 2, 3)),
-            "gradient": gradient_difference(out.prediction, target), "maps": gaussian_blur(err.mean(1), sigma)}
-
-
-def video_frame_scores(components: Mapping[str, np.ndarray], alpha: Mapping[str, float], window: int) -> np.ndarray:
-    """Frame scores of one video from its per-frame components (as :meth:`DMADDetector.score_clip` returns them).
-
-    Each component named in ``alpha`` is min-max normalised over the video (a constant component contributes 0),
-    the normalised components are summed with the ``alpha`` weights, and the sum is smoothed with a centred moving
-    average over ``window`` frames whose ends repeat the first/last value. Higher = more anomalous. As in the
-    official evaluation, normalising per video takes out the differing scales of the components and of the videos,
-    so the scores rank frames within one video, not across videos. Components must be finite.
-    """
-    total: np.ndarray | None = None
-    for name, weight in alpha.items():
-        x = np.asarray(components[name], dtype=np.float64)
-        span = float(x.max() - x.min()) if x.size else 0.0
-        norm = (x - x.min()) / span if span > 0 else np.zeros_like(x)
-        total = weight * norm if total is None else total + weight * norm
-    if total is None or total.size == 0:
-        return np.zeros(0, dtype=np.float32)
-    r = window // 2
-    smoothed = np.convolve(np.pad(total, r, mode="edge"), np.full(window, 1.0 / window), mode="valid")
-    return smoothed.astype(np.float32)
+def video_frame_scores(components: Mapping[str, np.ndarray], s: DMADSettings) -> np.ndarray:
+    """Frame scores of one video from its components (as :meth:`DMADDetector.score_clip` returns them)."""
+    return pdm.frame_scores(components, s.score_weights, s.window, s.window_keep)
 
 
 # ---------------------------------------------------------------- image variant (PPDM)
@@ -435,47 +367,56 @@ def build_model(settings: DMADSettings, storage: Storage | None = None) -> nn.Mo
 
 
 def make_optimizer(model: nn.Module, settings: DMADSettings) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; the video background template gets ``BACKGROUND_LR_SCALE`` x lr."""
+    """AdamW over the trainable parameters; the video background learns faster, as official (50x, shanghai 10x)."""
     params = [p for name, p in model.named_parameters() if p.requires_grad and name != "background"]
     groups: list[dict] = [{"params": params}]
     if isinstance(model, VideoDMAD):
-        groups.append({"params": [model.background], "lr": settings.lr * BACKGROUND_LR_SCALE})
+        groups.append({"params": [model.background], "lr": settings.lr * pdm.BACKGROUND_LR_SCALE[settings.layout]})
     return torch.optim.AdamW(groups, lr=settings.lr)
 
 
-def train_step(model: nn.Module, batch: Tensor, optimizer: torch.optim.Optimizer, settings: DMADSettings
-               ) -> dict[str, float]:
-    """One optimiser step. ``batch``: windows ``[B, in_frames+1, 3, H, W]`` (video, see :func:`clip_windows`) or
-    images ``[B,3,H,W]`` (image), 0..1, B >= 2 (batch norm). Returns the loss parts and their weighted ``total``."""
+def video_background(windows: Tensor, scenes: Tensor, s: DMADSettings) -> tuple[Tensor, Tensor]:
+    """Per scene, the median of the windows' target frames in the official space, and which scenes had frames."""
+    return pdm.background_from(to_model_space(windows[:, s.in_frames], s.colour), scenes, s.scenes)
+
+
+def train_step(model: nn.Module, batch: Tensor, optimizer: torch.optim.Optimizer, settings: DMADSettings,
+               scenes: Tensor | None = None) -> dict[str, float]:
+    """One optimiser step. ``batch``: windows ``[B, in_frames+1, 3, H, W]`` (video, see :func:`clip_windows`; with
+    each window's ``scenes`` for layout=shanghai) or images ``[B,3,H,W]`` (image), 0..1, B >= 2 (batch norm).
+    Returns the loss parts and their weighted ``total``."""
     model.train()
-    batch = batch.to(next(model.parameters()).device)
-    losses = video_losses if settings.variant == "video" else image_losses
-    parts = losses(model, batch, settings)
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    if settings.variant == "video":
+        parts = video_losses(model, batch, settings, None if scenes is None else scenes.to(device))
+    else:
+        parts = image_losses(model, batch, settings)
     optimizer.zero_grad(set_to_none=True)
     parts["total"].backward()
     optimizer.step()
     return {name: float(value.detach()) for name, value in parts.items()}
 
 
-def train_dmad(settings: DMADSettings, batches: Iterable[Tensor], steps: int, seed: int,
-               storage: Storage | None = None, device: str = "cpu") -> tuple[nn.Module, list[dict[str, float]]]:
-    """Train a fresh model (initialised from ``seed``) for ``steps`` steps, cycling over ``batches``; an iterable
-    that can be read only once ends training when it runs out. Returns the model in eval mode and the loss curve."""
+def train_dmad(settings: DMADSettings, batches: Sequence[Tensor], steps: int, seed: int,
+               storage: Storage | None = None, device: str = "cpu", scenes: Sequence[Tensor] | None = None
+               ) -> tuple[nn.Module, list[dict[str, float]]]:
+    """Train a fresh model (initialised from ``seed``) for ``steps`` steps, cycling over ``batches`` (video: with
+    each window's scene in ``scenes``, default all 0; the backgrounds start at the batches' per-scene median).
+    Returns the model in eval mode and the loss curve."""
+    if not batches:
+        raise ValueError("batches yielded no batch to train on")
+    scenes = scenes if scenes is not None else [torch.zeros(len(b), dtype=torch.long) for b in batches]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(settings, storage).to(device)
+        if settings.variant == "video":
+            with torch.no_grad():
+                model.background.copy_(video_background(torch.cat(list(batches)), torch.cat(list(scenes)),
+                                                        settings)[0])
         optimizer = make_optimizer(model, settings)
-        curve: list[dict[str, float]] = []
-        while len(curve) < steps:
-            before = len(curve)
-            for batch in batches:
-                curve.append(train_step(model, batch, optimizer, settings))
-                if len(curve) == steps:
-                    break
-            if len(curve) == before:
-                if not curve:
-                    raise ValueError("batches yielded no batch to train on")
-                break
+        curve = [train_step(model, batches[i % len(batches)], optimizer, settings, scenes[i % len(batches)])
+                 for i in range(steps)]
     return model.eval(), curve
 
 
@@ -516,7 +457,8 @@ class DMADDetector:
 
     Image variant: :meth:`score` scores each image on its own. Video variant: :meth:`score` takes the batch as
     consecutive frames of one clip; the first ``in_frames`` frames have no prediction and get score NaN and an
-    all-zero map, the rest get :func:`video_frame_scores` of the batch (so scores rank frames within the batch).
+    all-zero map, the rest get :func:`video_frame_scores` of the batch (so scores rank frames within the batch;
+    background 0).
     Use :meth:`score_clip` on whole clips to keep the per-video normalisation per video.
     """
 
@@ -540,23 +482,31 @@ class DMADDetector:
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
             raise ValueError(f"expected [N,3,{size},{size}] in 0..1, got {list(images.shape)}")
 
-    def score_clip(self, frames: Tensor, chunk: int = 16) -> dict[str, np.ndarray]:
-        """Components of frames ``in_frames..T-1`` of one clip ``[T,3,H,W]`` (0..1): ``deformation`` (mean offset
-        length, pixels), ``reconstruction`` (MSE), ``gradient`` (gradient difference), each ``[T-in_frames]``, and
-        ``maps`` ``[T-in_frames,H,W]`` (smoothed squared error). Combine them with :func:`video_frame_scores`."""
+    def score_clip(self, frames: Tensor, chunk: int = 16, scene: int = 0) -> dict[str, np.ndarray]:
+        """Components of frames ``in_frames..T-1`` of one clip ``[T,3,H,W]`` (0..1), each ``[T-in_frames]`` (see
+        :func:`pipeline.detectors.dmad_video.frame_components`), and ``maps`` ``[T-in_frames,H,W]`` (per-pixel
+        error). ``scene``: the background to use (see :func:`scene_of`). Combine them with
+        :func:`video_frame_scores`."""
         if self.settings.variant != "video":
             raise ValueError("score_clip is for variant=video")
         self._check(frames)
+        if not 0 <= scene < self.settings.scenes:
+            raise ValueError(f"scene {scene} is not one of this model's {self.settings.scenes} backgrounds")
         size = self.image_size
-        parts: dict[str, list[Tensor]] = {"deformation": [torch.zeros(0)], "reconstruction": [torch.zeros(0)],
-                                          "gradient": [torch.zeros(0)], "maps": [torch.zeros(0, size, size)]}
+        parts: dict[str, list[Tensor]] = {name: [torch.zeros(0)] for name in OFFICIAL_ALPHA[self.settings.layout]}
+        parts["maps"] = [torch.zeros(0, size, size)]
         windows = clip_windows(frames, self.settings.in_frames)
         with torch.inference_mode():
             for start in range(0, windows.shape[0], chunk):
-                batch = windows[start:start + chunk].to(self.device)
-                for name, value in video_components(self.model, batch, self.settings.sigma).items():
+                past, target = split_windows(windows[start:start + chunk].to(self.device), self.settings)
+                scenes = torch.full((past.shape[0],), scene, dtype=torch.long, device=self.device)
+                for name, value in pdm.frame_components(self.model, past, target, scenes).items():
                     parts[name].append(value.float().cpu())
         return {name: torch.cat(values).numpy() for name, values in parts.items()}
+
+    def scene_of(self, name: str) -> int:
+        """The background index for a video called ``name`` (0 unless the model has one per scene)."""
+        return pdm.scene_of(name, self.settings.scenes)
 
     def score(self, images: Tensor) -> ScoreBatch:
         self._check(images)
@@ -569,6 +519,6 @@ class DMADDetector:
         maps = np.zeros((b, self.image_size, self.image_size), dtype=np.float32)
         if b > n:
             parts = self.score_clip(images)
-            scores[n:] = video_frame_scores(parts, self.settings.alpha, self.settings.window)
+            scores[n:] = video_frame_scores(parts, self.settings)
             maps[n:] = parts["maps"]
         return ScoreBatch(scores, maps)

@@ -1,10 +1,32 @@
 """PatchCore (Roth et al., CVPR 2022): memory bank of patch features, nearest-neighbour scores.
 
-Scoring follows the paper and the official code: each test patch's score is its Euclidean
-distance to the nearest bank vector (exact search: faiss, or a chunked torch matmul with an
-exact float32 re-rank on the worker's device, see ``memory_bank/knn.py``); the image score is the maximum patch
-score, optionally re-weighted by the paper's Eq. 7; the map is the patch-score grid upsampled
-bilinearly to the input size and smoothed with a Gaussian (sigma 4 by default).
+Scoring follows the official code (amazon-science/patchcore-inspection): a patch's score is the
+mean of the squared L2 distances to its ``anomaly_scorer_num_nn`` nearest bank vectors (1 by
+default; exact search with faiss, or a chunked torch matmul with an exact float32 re-rank on the
+worker's device, see ``memory_bank/knn.py``: both engines return the distances, the rule is applied
+here); the image score is the maximum patch score, optionally re-weighted by the paper's Eq. 7
+(``reweight``, with its own ``num_neighbors``: the official code has no Eq. 7); the map is the
+patch-score grid upsampled bilinearly to the input size and smoothed with a Gaussian (sigma 4,
+scipy's ``reflect`` borders). Banks written before this rule score as they were calibrated:
+plain L2 to the nearest vector (``bank.json`` ``patch_distance: euclidean``, see
+``memory_bank/bank.py`` ``LEGACY_DEFAULTS``).
+
+Remaining differences from the official code, and why:
+- features: its unfold -> pool -> upsample -> concat -> pool is folded into one fixed convolution per
+  layer (``features/patch_embedding.py``): the same linear map, float32 summation order differs
+  (tested equal to the official outputs within 1e-4, ``tests/test_official_patchcore.py``);
+- coreset: our greedy k-center runs distributed (two-round composable coreset) on a seeded
+  Gaussian projection; the official sampler is single-process with its own projection, so a bank
+  we fit holds other vectors than the official fit of the same images (imported banks are used as
+  they are);
+- backbone BatchNorm: the official code's all-ones train-mode forward (see
+  ``features/backbones.py``) is reproduced for imported banks only (``bn_shift_input``); our fits
+  use the clean pretrained backbone, the paper's intent;
+- ensembles (several backbones, scores min-max normalised over the test set) are not supported:
+  the normalisation needs the whole test set, which a batch job scoring an archive does not have;
+- preprocessing (``features/preprocess.py``): a square resize then the centred crop, where the
+  official ``Resize(256)`` keeps the aspect ratio (the same on square images); maps are put back on
+  the whole resized image (border = the map's minimum) for heatmaps, the official code returns the crop's.
 """
 
 from __future__ import annotations
@@ -22,12 +44,14 @@ from pipeline.memory_bank.bank import BankMetadata, load_index, load_metadata, r
 from pipeline.memory_bank.knn import NearestNeighbours, build_knn, resolve_engine
 
 
-def build_embedder(settings: PatchCoreSettings, storage: Storage, device: str = "cpu") -> tuple[PatchEmbedder, str]:
+def build_embedder(settings: PatchCoreSettings, storage: Storage, device: str = "cpu",
+                   bn_shift_input: tuple[int, int] | None = None) -> tuple[PatchEmbedder, str]:
+    """The patch embedder and its weights' fingerprint; ``bn_shift_input`` for banks the official code made."""
     backbone, channels, weights_fingerprint = build_backbone(
-        settings.backbone, settings.layers, settings.weights, settings.seed, storage
+        settings.backbone, settings.layers, settings.weights, settings.seed, storage, bn_shift_input
     )
     embedder = PatchEmbedder(backbone, settings.layers, channels, settings.pretrain_embed_dim, settings.embed_dim,
-                             settings.precision)
+                             settings.precision, settings.patchsize)
     return embedder.to(device).eval(), weights_fingerprint
 
 
@@ -41,6 +65,7 @@ def settings_from_metadata(meta: BankMetadata) -> PatchCoreSettings:
         backbone=meta.backbone, weights=meta.weights, seed=meta.seed, layers=meta.layers,
         image_size=meta.image_size, crop_fraction=meta.crop_fraction,
         interpolation=meta.interpolation, pretrain_embed_dim=meta.pretrain_embed_dim, embed_dim=meta.embed_dim,
+        patchsize=meta.patchsize, anomaly_scorer_num_nn=meta.anomaly_scorer_num_nn,
         coreset_ratio=meta.coreset_ratio, coreset_projection_dim=meta.coreset_projection_dim,
         num_neighbors=meta.num_neighbors, reweight=meta.reweight, sigma=meta.sigma, precision=meta.precision,
     )
@@ -83,7 +108,8 @@ class PatchCoreDetector:
              engine: str = "auto", precision: str | None = None) -> PatchCoreDetector:
         uri = resolve_bank_uri(storage, bank, version)
         meta = load_metadata(storage, uri)
-        embedder, weights_fingerprint = build_embedder(settings_from_metadata(meta), storage, device)
+        embedder, weights_fingerprint = build_embedder(settings_from_metadata(meta), storage, device,
+                                                       meta.bn_shift_input)
         if weights_fingerprint != meta.weights_fingerprint:
             raise ValueError(
                 f"bank {uri}: backbone weights {meta.weights} now have fingerprint {weights_fingerprint}, "
@@ -94,11 +120,18 @@ class PatchCoreDetector:
         return cls(embedder, build_knn(index, engine, device, precision), meta, device)
 
     def patch_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-patch NN distances ``[B,h,w]``, NN ids ``[B,h*w]`` and the patch features ``[B,h*w,E]``."""
+        """Per-patch scores ``[B,h,w]`` (the bank's ``patch_distance`` rule), nearest-neighbour ids
+        ``[B,h*w]`` and the patch features ``[B,h*w,E]``."""
         feats, (h, w) = self.embedder(images.to(self.device, non_blocking=True))
         b = feats.shape[0]
-        dist, ids = self.knn.search(feats.reshape(b * h * w, -1), 1)
-        return dist[:, 0].reshape(b, h, w), ids[:, 0].reshape(b, h * w), feats
+        if self.meta.patch_distance == "euclidean":
+            dist, ids = self.knn.search(feats.reshape(b * h * w, -1), 1)
+            scores = dist[:, 0]
+        else:
+            dist, ids = self.knn.search(feats.reshape(b * h * w, -1), min(self.meta.anomaly_scorer_num_nn,
+                                                                          self.knn.ntotal))
+            scores = dist.square().mean(dim=1)
+        return scores.reshape(b, h, w), ids[:, 0].reshape(b, h * w), feats
 
     def _reweighted(self, raw: torch.Tensor, nn_ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """Paper Eq. 7: damp the max score when the test patch's nearest bank vector lies in a dense area."""

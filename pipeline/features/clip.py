@@ -4,7 +4,18 @@
 ``s3://``, loaded with ``weights_only=True``), or an open_clip pretrained tag such as
 ``laion400m_e32`` (downloads where the network allows). The ``tiny-vit-test`` architecture is a
 registered 64-px, 4-layer ViT with a 3-layer text tower: the same code path as ViT-L-14-336 or
-ViT-B-16-plus-240, small enough for CPU tests; ``tiny-inctrl-test`` is a narrow 240-px ViT with InCTRL's shapes.
+ViT-B-16-plus-240, small enough for CPU tests; ``tiny-inctrl-test`` is a narrow 240-px ViT with InCTRL's shapes;
+``tiny-vit-openai-test`` has OpenAI's head width (64), so the official AnomalyCLIP/CLIP model builders accept its
+state_dict too (reference tests).
+
+Activation: OpenAI's CLIP (and e.g. LAION's ``laion400m_*`` ViT-B-32 weights) were trained with QuickGELU;
+open_clip only warns when such weights meet a GELU config. Here the activation follows the weights
+whenever they say which they need: a pretrained tag's open_clip config (``quick_gelu``), a state_dict file
+written by :mod:`pipeline.importers.openai_clip` (``quick_gelu: true``) or holding the leftovers of
+OpenAI's TorchScript file (``input_resolution``, ``context_length``, ``vocab_size``). Such weights get
+QuickGELU whatever ``clip_arch`` says (``ViT-L-14-336`` and ``ViT-L-14-336-quickgelu`` then give the same
+model); a ``-quickgelu`` architecture with weights known to be GELU is refused. A state_dict that says
+nothing keeps the architecture's activation.
 """
 
 from __future__ import annotations
@@ -30,6 +41,11 @@ TINY_CONFIGS = {
         "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "head_width": 32, "patch_size": 8},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
     },
+    "tiny-vit-openai-test": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 6, "width": 64, "head_width": 64, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 3},
+    },
     # ViT-B-16-plus-240's input size, grid and embedding width (what the official InCTRL heads are built for)
     "tiny-inctrl-test": {
         "embed_dim": 640,
@@ -37,6 +53,8 @@ TINY_CONFIGS = {
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
     },
 }
+# Entries of the state_dict of OpenAI's TorchScript CLIP files that are no weights; they mark OpenAI's origin.
+OPENAI_TORCHSCRIPT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 _registered = False
 
 
@@ -68,22 +86,54 @@ def load_clip(arch: str, weights: str, seed: int, storage: Storage) -> tuple[nn.
     elif "/" in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")):
         try:
             data = storage.read_bytes(weights)
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001
             raise ClipWeightsError(f"clip_weights={weights}: cannot load a state_dict ({exc})") from exc
-        model = open_clip.create_model(arch, pretrained=None)
+        state, quick_gelu = _state_and_activation(payload, weights)
+        model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=_force_quick_gelu(arch, weights,
+                                                                                                 quick_gelu))
         try:
-            model.load_state_dict(state.get("state_dict", state))
+            model.load_state_dict(state)
         except RuntimeError as exc:
             raise ClipWeightsError(f"clip_weights={weights}: does not fit {arch} ({exc})") from exc
         fingerprint = "sha256:" + hashlib.sha256(data).hexdigest()
     else:
+        tag_cfg = open_clip.get_pretrained_cfg(arch, weights)
+        quick_gelu = tag_cfg.get("quick_gelu", False) if tag_cfg else None
+        force = _force_quick_gelu(arch, weights, quick_gelu)
         try:
-            model = open_clip.create_model(arch, pretrained=weights, require_pretrained=True)
+            model = open_clip.create_model(arch, pretrained=weights, require_pretrained=True, force_quick_gelu=force)
         except Exception as exc:  # noqa: BLE001
             raise ClipWeightsError(f"clip_weights={weights}: open_clip could not load it for {arch} ({exc})") from exc
         fingerprint = f"open_clip:{arch}:{weights}"
     return model.eval().requires_grad_(False), fingerprint
+
+
+def uses_quick_gelu(model: nn.Module) -> bool:
+    """Whether the model's MLPs use QuickGELU (checked on the first vision block)."""
+    return isinstance(model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+
+
+def _state_and_activation(payload: object, weights: str) -> tuple[dict, bool | None]:
+    """The state_dict in a loaded file, and whether its weights need QuickGELU (None: the file does not say)."""
+    if not isinstance(payload, dict):
+        raise ClipWeightsError(f"clip_weights={weights}: expected a state_dict, got {type(payload).__name__}")
+    state = payload.get("state_dict", payload)
+    quick_gelu = payload.get("quick_gelu")
+    if any(key in state for key in OPENAI_TORCHSCRIPT_EXTRAS):
+        state = {k: v for k, v in state.items() if k not in OPENAI_TORCHSCRIPT_EXTRAS}
+        quick_gelu = True
+    return state, quick_gelu if isinstance(quick_gelu, bool) else None
+
+
+def _force_quick_gelu(arch: str, weights: str, weights_quick_gelu: bool | None) -> bool:
+    """True where the weights need QuickGELU and the architecture's config lacks it; refuses a ``-quickgelu``
+    architecture for weights known to be GELU."""
+    arch_quick_gelu = bool(open_clip.get_model_config(arch).get("quick_gelu", False))
+    if weights_quick_gelu is False and arch_quick_gelu:
+        raise ClipWeightsError(f"clip_arch={arch} uses QuickGELU, but clip_weights={weights} were trained with GELU: "
+                               f"use {arch.removesuffix('-quickgelu')}")
+    return bool(weights_quick_gelu) and not arch_quick_gelu
 
 
 def tokenizer(arch: str):

@@ -63,19 +63,24 @@ class Preprocess:
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of ``[B,H,W]`` maps, radius ``int(4*sigma+0.5)`` as scipy."""
+    """Separable Gaussian smoothing of ``[B,H,W]`` maps, as ``scipy.ndimage.gaussian_filter`` (the official
+    detectors' smoothing): radius ``int(4*sigma+0.5)``, borders extended with scipy's ``reflect`` mode."""
     if sigma <= 0:
         return maps
     radius = int(4 * sigma + 0.5)
     x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
     out = maps.unsqueeze(1)
-    pad_h = min(radius, out.shape[-2] - 1)
-    pad_w = min(radius, out.shape[-1] - 1)
-    out = F.pad(out, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w else out
-    kw = kernel[radius - pad_w: radius + pad_w + 1]
-    out = F.conv2d(out, (kw / kw.sum()).view(1, 1, 1, -1))
-    out = F.pad(out, (0, 0, pad_h, pad_h), mode="reflect") if pad_h else out
-    kh = kernel[radius - pad_h: radius + pad_h + 1]
-    out = F.conv2d(out, (kh / kh.sum()).view(1, 1, -1, 1))
+    out = out[..., _reflect_indices(out.shape[-1], radius, maps.device)]
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1))
+    out = out[..., _reflect_indices(out.shape[-2], radius, maps.device), :]
+    out = F.conv2d(out, kernel.view(1, 1, -1, 1))
     return out.squeeze(1)
+
+
+def _reflect_indices(n: int, radius: int, device: torch.device) -> torch.Tensor:
+    """Indices extending ``0..n-1`` by ``radius`` each side as scipy's ``reflect`` (d c b a | a b c d | d c b a),
+    for any radius (torch's ``reflect`` padding is scipy's ``mirror``, and stops at ``n - 1``)."""
+    i = torch.arange(-radius, n + radius, device=device) % (2 * n)
+    return torch.where(i >= n, 2 * n - 1 - i, i)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from pipeline.io.storage import Storage, StorageError, join
 from pipeline.memory_bank.index import ShardedIndex, build_index, deserialize, serialize, split_rows
@@ -56,8 +57,17 @@ class BankMetadata(BaseModel):
     pretrain_embed_dim: int
     embed_dim: int
     grid: tuple[int, int]
+    patchsize: int = 3
     coreset_ratio: float
     coreset_projection_dim: int
+    patch_distance: Literal["squared", "euclidean"] = Field(
+        "squared", description="patch score: mean squared L2 distance to the anomaly_scorer_num_nn nearest bank "
+                               "vectors (official), or the plain L2 distance to the nearest (banks written before "
+                               "the official rule, see LEGACY_DEFAULTS)")
+    anomaly_scorer_num_nn: int = 1
+    bn_shift_input: tuple[int, int] | None = Field(
+        None, description="(H, W) of the all-ones image the official code ran through the backbone in train mode "
+                          "(imported banks); None: the clean backbone")
     num_neighbors: int
     reweight: bool
     sigma: float
@@ -109,10 +119,28 @@ def publish_bank(storage: Storage, root: str, vectors: np.ndarray, meta: BankMet
         name = f"index-{i:04d}.faiss"
         storage.write_bytes(join(root, version, name), serialize(build_index(vectors[start:end], meta.index_dtype)))
         shards.append(ShardInfo(file=name, n_vectors=end - start, fingerprint=fingerprint(vectors[start:end])))
-    lineage = [e if e.version else e.model_copy(update={"version": version}) for e in meta.lineage]
-    meta = meta.model_copy(update={"version": version, "shards": shards, "n_bank": len(vectors), "lineage": lineage})
-    storage.write_bytes(join(root, version, "bank.json"), meta.model_dump_json(indent=2).encode())
-    storage.write_bytes(join(root, "latest.json"), json.dumps({"version": version}).encode())
+    return _publish_manifest(storage, root, meta.model_copy(update={"version": version, "shards": shards,
+                                                                     "n_bank": len(vectors)}))
+
+
+def publish_index_file(storage: Storage, root: str, data: bytes, meta: BankMetadata) -> BankMetadata:
+    """Publish a serialised exact faiss index (an imported bank) as the single shard of a new version,
+    byte for byte."""
+    index = deserialize(data)
+    version = next_version(storage, root)
+    storage.write_bytes(join(root, version, "index-0000.faiss"), data)
+    shard = ShardInfo(file="index-0000.faiss", n_vectors=index.ntotal,
+                      fingerprint=fingerprint(index.reconstruct_n(0, index.ntotal)))
+    return _publish_manifest(storage, root, meta.model_copy(update={"version": version, "shards": [shard],
+                                                                     "n_bank": index.ntotal}))
+
+
+def _publish_manifest(storage: Storage, root: str, meta: BankMetadata) -> BankMetadata:
+    """``bank.json`` of a version whose shards are written, then ``latest.json``: readers never see half a bank."""
+    lineage = [e if e.version else e.model_copy(update={"version": meta.version}) for e in meta.lineage]
+    meta = meta.model_copy(update={"lineage": lineage})
+    storage.write_bytes(join(root, meta.version, "bank.json"), meta.model_dump_json(indent=2).encode())
+    storage.write_bytes(join(root, "latest.json"), json.dumps({"version": meta.version}).encode())
     return meta
 
 
@@ -133,8 +161,26 @@ def resolve_bank_uri(storage: Storage, root: str, version: str | None) -> str:
     return uri
 
 
+# What a bank.json written before a field existed was built and calibrated with: its threshold was
+# set on plain L2 distances to the nearest vector, and its ``weights: torchvision`` meant torchvision's
+# DEFAULT (IMAGENET1K_V2 for resnet50/wide_resnet50_2; ``torchvision`` now means IMAGENET1K_V1).
+LEGACY_DEFAULTS: dict[str, Any] = {"patch_distance": "euclidean", "anomaly_scorer_num_nn": 1, "patchsize": 3,
+                                   "bn_shift_input": None}
+
+
+def upgrade_legacy(raw: dict[str, Any]) -> dict[str, Any]:
+    """A manifest from before the official scoring rule and weights names, made to score as it did."""
+    from pipeline.features.backbones import upgrade_legacy_torchvision
+
+    raw = LEGACY_DEFAULTS | raw
+    if {"backbone", "weights", "weights_fingerprint"} <= raw.keys():
+        raw["weights"], raw["weights_fingerprint"] = upgrade_legacy_torchvision(
+            raw["backbone"], raw["weights"], raw["weights_fingerprint"])
+    return raw
+
+
 def load_metadata(storage: Storage, uri: str) -> BankMetadata:
-    return BankMetadata.model_validate_json(storage.read_bytes(join(uri, "bank.json")))
+    return BankMetadata.model_validate(upgrade_legacy(json.loads(storage.read_bytes(join(uri, "bank.json")))))
 
 
 def load_index(storage: Storage, uri: str, meta: BankMetadata, use_gpu: bool = False) -> ShardedIndex:

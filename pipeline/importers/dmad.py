@@ -1,0 +1,139 @@
+"""DMAD importer: the authors' released video models (``DMAD-PDM``) to a checkpoint for ``jobs.score --model``.
+
+The released files are whole pickled ``convAE`` objects (``torch.save(model)``), whose classes live in the official
+modules ``model.final_future_prediction_{ped2,avenue,shanghai}``. Unpickling runs whatever the file names, so
+:func:`convert` does it only with ``trust_pickle=True``, and then in a separate process
+(:mod:`pipeline.importers.dmad_unpickle`), which writes plain tensors that this process reads with
+``weights_only=True``. Scoring never unpickles.
+
+The official classes are made importable in that process by empty stand-ins: every class of the three official
+model modules becomes a bare ``nn.Module`` subclass of the same name, which is all ``state_dict()`` needs, so no
+checkout of the official code (and no OpenCV) is needed and none of its code runs. Globals outside those modules,
+``torch.nn`` modules and torch's tensor rebuilding are refused.
+
+The layout (ped2 / avenue / shanghai) comes from the pickled class's module name; a plain state_dict release is also
+accepted, its layout inferred from the shapes (a background per scene: shanghai; first encoder width 32: ped2;
+64: avenue). The settings the official evaluation used for that layout are applied (colour space, offset limits,
+smoothing window) and returned.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pipeline.detectors.dmad import DMADDetector, DMADSettings, save_checkpoint
+from pipeline.detectors.dmad_video import VideoDMAD
+from pipeline.io.storage import Storage
+
+# official module prefix -> ours, per layout (the modules differ only in the skip connections' names)
+_COMMON = {
+    "encoder.moduleConv1": "encoder.stage1", "encoder.moduleConv2": "encoder.stage2",
+    "encoder.moduleConv3": "encoder.stage3", "encoder.moduleConv4": "encoder.stage4",
+    "encoder.mask_": "encoder.mask_up", "encoder.mask": "encoder.mask_head",
+    "decoder.moduleConv": "decoder.stage4", "decoder.moduleUpsample4": "decoder.up4",
+    "decoder.moduleDeconv3": "decoder.stage3", "decoder.moduleUpsample3": "decoder.up3",
+    "decoder.moduleDeconv2": "decoder.stage2", "decoder.moduleUpsample2": "decoder.up2",
+    "decoder.moduleDeconv1": "decoder.head", "decoder.mask": "decoder.mask_head",
+    "offset_net.conv_offset1": "offset_net.trunk", "offset_net.conv_offset2": "offset_net.residual",
+    "offset_net.conv_offset3": "offset_net.fine", "offset_net.conv_offset4": "offset_net.coarse",
+    "vq_layer.embedding": "vq",
+}
+SKIPS = {"ped2": {"encoder.skip": "encoder.skip3", "encoder.skip_": "encoder.skip4"},
+         "avenue": {"encoder.skip2": "encoder.skip3", "encoder.skip3": "encoder.skip4"},
+         "shanghai": {"encoder.skip2": "encoder.skip3", "encoder.skip3": "encoder.skip4"}}
+# what the official evaluation of each dataset used, beyond the shapes
+LAYOUT_SETTINGS: dict[str, dict[str, Any]] = {
+    "ped2": {"colour": "bgr", "max_offset_coarse": 2.0, "max_offset_fine": 3.0, "window": 11, "window_keep": 5},
+    "avenue": {"colour": "gray", "max_offset_coarse": 3.0, "max_offset_fine": 3.0, "window": 11, "window_keep": 5},
+    "shanghai": {"colour": "gray", "max_offset_coarse": 2.0, "max_offset_fine": 3.0, "window": 69,
+                 "window_keep": 25},
+}
+
+
+def official_state_to_ours(state: dict[str, Tensor], layout: str) -> dict[str, Tensor]:
+    """Rename an official ``convAE`` state_dict to :class:`VideoDMAD`'s; drops what the official model holds but
+    never uses (the weights CoordConv2d inherits from Conv2d besides its real ``.conv``)."""
+    table = {**_COMMON, **SKIPS[layout]}
+    ours = {}
+    for key, value in state.items():
+        if key == "bkg":
+            ours["background"] = value if value.ndim == 4 else value.unsqueeze(0)
+            continue
+        if key.endswith((".weight", ".bias")) and key.rsplit(".", 1)[0] + ".conv.weight" in state:
+            continue
+        if key == "vq_layer.embedding.weight":
+            ours["vq.codebook"] = value
+            continue
+        module, rest = ".".join(key.split(".")[:2]), ".".join(key.split(".")[2:])
+        if module not in table:
+            raise ValueError(f"{key}: not a parameter of the official DMAD video model ({layout})")
+        ours[f"{table[module]}.{rest}"] = value
+    return ours
+
+
+def infer_layout(state: dict[str, Tensor]) -> str:
+    if state["bkg"].ndim == 4:
+        return "shanghai"
+    width = state["encoder.moduleConv1.0.weight"].shape[0]
+    if width not in (32, 64):
+        raise ValueError(f"cannot tell ped2 from avenue by the first encoder width {width} (official: 32, 64)")
+    return "ped2" if width == 32 else "avenue"
+
+
+def official_settings(state: dict[str, Tensor], layout: str) -> DMADSettings:
+    """The settings that rebuild the official model ``state`` (official names) and score as its evaluation did."""
+    codebook = state["vq_layer.embedding.weight"]
+    background = state["bkg"]
+    skip = "encoder.skip.0.weight" if layout == "ped2" else "encoder.skip2.0.weight"
+    cin = state["encoder.moduleConv1.0.weight"].shape[1] - (3 if layout == "shanghai" else 0)
+    return DMADSettings(variant="video", layout=layout, image_size=background.shape[-1], in_frames=cin // 3,
+                        code_dim=codebook.shape[1], codebook_size=codebook.shape[0],
+                        skip_channels=state[skip].shape[0],
+                        offset_channels=state["offset_net.conv_offset1.0.conv.weight"].shape[0],
+                        scenes=background.shape[0] if background.ndim == 4 else 1, **LAYOUT_SETTINGS[layout])
+
+
+def unpickle_in_subprocess(source: pathlib.Path) -> tuple[str | None, dict[str, Tensor]]:
+    """(layout named by the pickled class, or None for a plain state_dict; official state_dict)."""
+    with tempfile.TemporaryDirectory(prefix="dmad-import-") as tmp:
+        out = pathlib.Path(tmp) / "state.pt"
+        done = subprocess.run([sys.executable, "-m", "pipeline.importers.dmad_unpickle", str(source), str(out)],
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            raise ValueError(f"source={source}: could not read the DMAD release: {lines[-1] if lines else '?'}")
+        payload = torch.load(out, map_location="cpu", weights_only=True)
+    return payload["layout"], payload["state"]
+
+
+def convert(source: pathlib.Path, out: str, storage: Storage, *, trust_pickle: bool = False) -> dict[str, Any]:
+    """Convert a released DMAD video model (pickled ``convAE`` or its state_dict) to our checkpoint at ``out``."""
+    if not trust_pickle:
+        raise ValueError("trust_pickle: the DMAD release is a pickled model object, which runs code when loaded; "
+                         "convert it only if you trust the file (pass trust_pickle=True / --trust-pickle)")
+    if not source.is_file():
+        raise ValueError(f"source={source}: expected the released .pth file")
+    layout, state = unpickle_in_subprocess(source)
+    layout = layout or infer_layout(state)
+    settings = official_settings(state, layout)
+    model = VideoDMAD(settings)
+    model.load_state_dict(official_state_to_ours(state, layout))
+    data = save_checkpoint(model, settings)
+    storage.write_bytes(out, data)
+    detector = DMADDetector(model, settings)
+    notes = ["frames are scored per video; the official evaluation smooths across the concatenated test set",
+             "see pipeline/detectors/dmad_video.py for every difference from the official code"]
+    if layout == "shanghai":
+        notes.append(f"the release holds {settings.scenes} backgrounds, one per official video (training videos in "
+                     "name order, then test videos; the official evaluation recomputes them from the frames); this "
+                     "product picks background (scene number - 1) from the video file name, so these do not map "
+                     "onto scenes: replace them with one background per scene before scoring")
+    return {"layout": layout, "settings": settings.model_dump(mode="json"),
+            "version": detector.version, "notes": notes}
