@@ -35,6 +35,11 @@ def _archive(dataset: Path, root: Path) -> Path:
     return root
 
 
+def _summary(stdout: str) -> dict:
+    """The summary JSON the job prints last (log lines may come before it, when logging goes to stdout)."""
+    return json.loads(stdout[stdout.rindex("\n{\n") + 1:] if not stdout.startswith("{\n") else stdout)
+
+
 def test_score_images_and_a_video_through_the_cli_on_local_ray(ray_runtime, dataset, tmp_path, capsys):
     archive = _archive(dataset, tmp_path / "archive")
     config = tmp_path / "saa.yaml"
@@ -44,7 +49,7 @@ def test_score_images_and_a_video_through_the_cli_on_local_ray(ray_runtime, data
             "--run-name", "day-1", "--gdino-weights", "none", "--sam-weights", "none", "--workers", "2",
             "--no-tracking"]
     assert score.main(argv) == 0
-    summary = json.loads(capsys.readouterr().out)
+    summary = _summary(capsys.readouterr().out)
     rows = read_rows(Storage(StorageSettings()), summary["output"], columns=None)
     assert summary["n_inputs"] == len(rows) == 4 + 5 + 1
     ok = [r for r in rows if r["status"] == "ok"]
@@ -61,7 +66,7 @@ def test_score_images_and_a_video_through_the_cli_on_local_ray(ray_runtime, data
     assert score.main(argv + ["--product", "screw"]) == 2
     assert "an earlier attempt used model_uri=" in capsys.readouterr().err
     assert score.main(argv) == 0
-    assert json.loads(capsys.readouterr().out)["n_units_skipped_as_complete"] == summary["n_units"]
+    assert _summary(capsys.readouterr().out)["n_units_skipped_as_complete"] == summary["n_units"]
 
 
 @pytest.fixture()
