@@ -78,6 +78,27 @@ def official_state_to_ours(state: dict[str, Tensor], layout: str) -> dict[str, T
     return ours
 
 
+IMAGE_PARTS = ("offset", "bn", "decoder")
+UNUSED_IMAGE_WEIGHTS = ("bn.conv4.", "bn.bn4.")  # the official bottleneck builds these but never runs them
+
+
+def official_image_state_to_ours(release: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The official image checkpoint ``{"offset": ..., "bn": ..., "decoder": ...}`` (state_dicts) as
+    :class:`~pipeline.detectors.dmad_image.ImageDMAD`'s state (without the frozen backbone): the parts become
+    prefixes; the weights the official model holds but never uses are dropped (those ``CoordConv2d`` inherits from
+    ``Conv2d`` besides its real ``.conv``, and the bottleneck's ``conv4`` / ``bn4``)."""
+    ours = {}
+    for part in IMAGE_PARTS:
+        state = release[part]
+        for key, value in state.items():
+            name = f"{part}.{key}"
+            if name.startswith(UNUSED_IMAGE_WEIGHTS) or (
+                    key.endswith((".weight", ".bias")) and key.rsplit(".", 1)[0] + ".conv.weight" in state):
+                continue
+            ours[name] = value
+    return ours
+
+
 def infer_layout(state: dict[str, Tensor]) -> str:
     if state["bkg"].ndim == 4:
         return "shanghai"
