@@ -1,4 +1,5 @@
 import io
+import json
 
 import numpy as np
 import pytest
@@ -188,8 +189,15 @@ def test_video_checkpoint_round_trip_gives_identical_scores(video_model, tmp_pat
     assert np.array_equal(det.score(clip).scores, loaded.score(clip).scores, equal_nan=True)
     old = io.BytesIO()
     torch.save({"format": "dmad/1", "settings": "{}", "state": {}}, old)  # before the official port: retrain
-    with pytest.raises(ValueError, match="dmad/2"):
+    with pytest.raises(ValueError, match="dmad/3"):
         load_checkpoint(old.getvalue())
+    before_image_port = torch.load(io.BytesIO(data), weights_only=True)  # dmad/2: same video network
+    settings = json.loads(before_image_port["settings"])
+    before_image_port["format"] = "dmad/2"
+    before_image_port["settings"] = json.dumps({**settings, "channels": 32, "vq_weight": 1.0})
+    legacy = io.BytesIO()
+    torch.save(before_image_port, legacy)
+    assert np.array_equal(load_checkpoint(legacy.getvalue()).score(clip).scores, det.score(clip).scores, equal_nan=True)
 
 
 def test_image_variant_scores_an_image_the_same_alone_or_in_a_batch():
@@ -208,6 +216,12 @@ def test_image_variant_scores_an_image_the_same_alone_or_in_a_batch():
     state = torch.load(io.BytesIO(data), weights_only=True)["state"]
     assert not any(name.startswith("backbone.") for name in state)  # the frozen CNN is rebuilt, not stored
     assert np.array_equal(load_checkpoint(data, STORAGE).score(images).scores, batch.scores)
+    old_image = torch.load(io.BytesIO(data), weights_only=True)
+    old_image["format"] = "dmad/2"  # the simplified image model before the official port
+    stale = io.BytesIO()
+    torch.save(old_image, stale)
+    with pytest.raises(ValueError, match="retrain"):
+        load_checkpoint(stale.getvalue(), STORAGE)
 
 
 def test_skip_connections_do_not_train_the_encoder():

@@ -19,6 +19,7 @@ is the "diversity measure" of the title.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -39,6 +40,8 @@ from pipeline.features.preprocess import Preprocess
 from pipeline.io.storage import Storage
 
 CHECKPOINT_FORMAT = "dmad/3"  # 2: the ported official video network; 3: the ported official image network
+VIDEO_FORMAT_2 = "dmad/2"  # its video checkpoints still load: same network; the settings also named these
+FORMAT_2_IMAGE_SETTINGS = ("channels", "reconstruction_weight", "vq_weight", "smoothness_weight", "magnitude_weight")
 
 Component = Literal["deformation", "reconstruction", "gradient", "foreground"]
 
@@ -60,6 +63,8 @@ class DMADSettings(BaseModel):
     code_dim: int = Field(256, ge=2, le=4096, description="video: codebook vectors, the encoder's last width "
                                                           "(image: the codebook holds layer3 vectors)")
     beta: float = Field(0.25, ge=0, description="video: VQ commitment weight (image: 0.25, as official)")
+    max_offset_coarse: float = Field(2.0, gt=0, description="video: largest coarse offset, in input pixels")
+    max_offset_fine: float = Field(3.0, gt=0, description="video: largest fine offset, in input pixels")
     alpha: dict[Component, NonNegativeFloat] | None = Field(
         None, description="video: weights of the per-video normalised frame score components (default: official)")
     window: int = Field(11, ge=1, description="video: frames in the trimmed moving average of frame scores (odd)")
@@ -242,9 +247,15 @@ def save_checkpoint(model: nn.Module, settings: DMADSettings) -> bytes:
 
 def load_checkpoint(data: bytes, storage: Storage | None = None, device: str = "cpu") -> DMADDetector:
     payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in (CHECKPOINT_FORMAT, VIDEO_FORMAT_2):
         raise ValueError(f"not a DMAD checkpoint (expected format {CHECKPOINT_FORMAT})")
-    settings = DMADSettings.model_validate_json(payload["settings"])
+    raw = json.loads(payload["settings"])
+    if payload["format"] == VIDEO_FORMAT_2:
+        if raw.get("variant") != "video":
+            raise ValueError("this image-variant checkpoint (format dmad/2) is the old simplified model: retrain it "
+                             "(the image variant is now the official network)")
+        raw = {k: v for k, v in raw.items() if k not in FORMAT_2_IMAGE_SETTINGS}
+    settings = DMADSettings.model_validate(raw)
     with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten: leave the caller's RNG alone
         model = build_model(settings, storage)
     if model.backbone_fingerprint != payload["backbone_fingerprint"]:
