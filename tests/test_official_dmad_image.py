@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 from pipeline.detectors import dmad_image as ppdm
-from pipeline.detectors.dmad import normalise
+from pipeline.detectors.dmad import DMADDetector, DMADSettings, normalise
 from pipeline.importers.dmad import official_image_state_to_ours
 
 REFERENCE = Path(__file__).parent / "data" / "official" / "dmad" / "image" / "image.pt"
@@ -66,6 +66,17 @@ def reference():
     return model.eval(), images, ref["outputs"]
 
 
+def test_the_detector_scores_0_to_1_images_as_the_official_evaluation(reference):
+    """The product path: 0..1 RGB in, ImageNet normalisation, the official maps, the per-image score."""
+    model, _, official = reference
+    settings = DMADSettings(variant="image", image_size=64, offset_channels=4, deform_weight=0.2)
+    images = torch.load(REFERENCE, weights_only=True)["images_u8"].permute(0, 3, 1, 2).float() / 255
+    batch = DMADDetector(model, settings).score(images)
+    assert max_diff(torch.from_numpy(batch.maps), official["maps"]) <= TOLERANCE
+    expected = official["map_max"] + 0.2 * official["deformation_max"]
+    assert max_diff(torch.from_numpy(batch.scores), expected) <= TOLERANCE
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
     return float((a.double() - b.double()).abs().max())
@@ -100,7 +111,7 @@ def test_training_loss_matches_the_official_training_step(reference):
     finally:
         model.eval()
     for name, value in official["train_losses"].items():
-        assert abs(float(parts[name]) - value) <= TOLERANCE, name
+        assert abs(parts[name].item() - value) <= TOLERANCE, name
 
 
 def test_the_maps_are_warped_back_by_the_inverse_offsets(reference):

@@ -177,8 +177,8 @@ def main() -> None:
     inputs = encoder(warped)
     vq, vq_loss = bn(inputs)
     main_loss = loss_fucntion(inputs, decoder(vq))
-    result["train_losses"] = {"reconstruction": float(main_loss), "offset": float(offset_loss),
-                              "vq": float(vq_loss), "total": float(main_loss + offset_loss + vq_loss)}
+    result["train_losses"] = {"reconstruction": main_loss.item(), "offset": offset_loss.item(),
+                              "vq": vq_loss.item(), "total": (main_loss + offset_loss + vq_loss).item()}
     torch.save({"state": state, "images_u8": torch.from_numpy(images_u8), "masks": torch.from_numpy(masks),
                 "outputs": result}, out / "image.pt")
     print({k: v for k, v in result.items() if k in ("map_max", "deformation_max", "official_set_score",
