@@ -1,4 +1,6 @@
-"""Score an archive: ``python -m jobs.score --input URI --bank URI --output URI``."""
+"""Score an archive: ``python -m jobs.score --input URI --bank URI --output URI`` (PatchCore), ``--detector
+dmad|anomalyclip|inctrl --model URI`` (a checkpoint from jobs.train), or ``--detector saa --gdino-weights W
+--sam-weights W [--product NAME] [--prompts-config FILE.yaml]`` (zero-shot, no training)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,12 @@ FLAGS = [
     Flag("--clip-weights", "clip_weights", "WEIGHTS"),
     Flag("--shots", "shots"),
     Flag("--prompts", "prompts", "URI"),
+    Flag("--gdino-weights", "saa.gdino_weights", "PATH|URI|NAME|none"),
+    Flag("--sam-weights", "saa.sam_weights", "PATH|URI|NAME|none"),
+    Flag("--gdino-arch", "saa.gdino_arch"),
+    Flag("--sam-arch", "saa.sam_arch"),
+    Flag("--prompts-config", "saa.prompts_config", "FILE.yaml"),
+    Flag("--product", "saa.product", "NAME"),
     Flag("--threshold", "threshold"),
     Flag("--heatmaps", "heatmaps"),
     Flag("--maps", "maps"),

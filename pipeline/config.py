@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from pipeline.detectors.registry import DETECTOR_NAMES, missing_needs, score_sections
 
 Interpolation = Literal["bilinear", "bicubic"]
 
@@ -158,7 +160,9 @@ class FitConfig(JobConfig):
     patchcore: PatchCoreSettings = PatchCoreSettings()
 
 
-class ScoreConfig(JobConfig):
+class _ScoreSettings(JobConfig):
+    """``jobs.score``'s settings shared by every detector; :data:`ScoreConfig` adds each detector's own section."""
+
     input: str = Field(min_length=1, description="images, videos or tar archives to score: folder, file or s3:// URI")
     bank: str | None = Field(None, min_length=1,
                              description="PatchCore memory bank root, from jobs.fit; needed by detector patchcore")
@@ -172,8 +176,9 @@ class ScoreConfig(JobConfig):
                                 description="inctrl (needed): normal images to draw prompts from, or an "
                                             "authors' few-shot file {class}.pt")
     output: str = Field(min_length=1, description="results go to OUTPUT/RUN_NAME: scores, heatmaps, summary")
-    detector: Literal["patchcore", "dmad", "anomalyclip", "inctrl"] = Field(
-        "patchcore", description="model that scores: a PatchCore bank, or a checkpoint from jobs.train")
+    detector: Literal[DETECTOR_NAMES] = Field(  # type: ignore[valid-type]  # the registry's names
+        "patchcore", description="model that scores: a PatchCore bank, a checkpoint from jobs.train, or SAA+ "
+                                "(zero-shot GroundingDINO + SAM, settings under saa)")
     run_name: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
         description="the run's folder under output; re-use a name to resume or retry that run; "
@@ -196,14 +201,18 @@ class ScoreConfig(JobConfig):
                           "best candidates follows); unset = bfloat16 on a GPU, float32 on CPU")
 
     @model_validator(mode="after")
-    def _artifact_for_detector(self) -> ScoreConfig:
-        if self.detector == "patchcore" and not self.bank:
-            raise ValueError("detector patchcore needs bank (a memory bank from jobs.fit)")
-        if self.detector != "patchcore" and not self.model:
-            raise ValueError(f"detector {self.detector} needs model (a checkpoint from jobs.train)")
-        if self.detector == "inctrl" and not self.prompts:
-            raise ValueError("detector inctrl needs prompts (normal images to draw its few-shot prompts from)")
+    def _artifact_for_detector(self) -> _ScoreSettings:
+        problem = missing_needs(self.detector, self)
+        if problem:
+            raise ValueError(problem)
         return self
+
+
+ScoreConfig = create_model(
+    "ScoreConfig", __base__=_ScoreSettings, __module__=__name__,
+    **{name: (section, Field(default_factory=section, description=f"detector {name}'s settings"))
+       for name, section in score_sections().items()})
+ScoreConfig.__doc__ = "``jobs.score``: the shared settings, and a section of its own for each detector that has one."
 
 
 class EvaluateConfig(_Strict):
@@ -311,17 +320,22 @@ def _format_errors(err: ValidationError, source: str, flags: Mapping[str, str]) 
     return "\n".join([f"invalid configuration ({source}):", *(f"  {p}" for p in problems)])
 
 
+def parse_yaml(text: str, source: str) -> Any:
+    """Safe YAML without anchors and aliases; errors are ConfigErrors that start with ``source``."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{source} {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({_clip(str(exc), 500)})") from exc
+
+
 def _read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read file ({exc.strerror or exc})") from exc
-    try:
-        loaded = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass
-    except ConfigError as exc:
-        raise ConfigError(f"--config {path} {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path}: not valid YAML ({_clip(str(exc), 500)})") from exc
+    loaded = parse_yaml(text, f"--config {path}")
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"--config {path}: the top level must be a mapping of settings")
     return loaded or {}

@@ -12,36 +12,28 @@ import io
 import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.config import ConfigError, ScoreConfig
-from pipeline.detectors import inctrl
-from pipeline.detectors.anomalyclip import AnomalyCLIPDetector
-from pipeline.detectors.base import Detector
-from pipeline.detectors.checkpoints import checkpoint_version
+from pipeline.detectors.base import Detector, ModelRef
 from pipeline.detectors.dmad import DMADDetector, video_frame_scores
-from pipeline.detectors.patchcore import PatchCoreDetector
+from pipeline.detectors.registry import DETECTORS, load_attr
 from pipeline.errors import RunIncomplete
-from pipeline.features.preprocess import Preprocess
 from pipeline.io import heatmaps, sinks
 from pipeline.io.batches import Decoded, Failed, iter_batches
-from pipeline.io.decode import decode_image
 from pipeline.io.prefetch import prefetched, to_device
 from pipeline.io.sources import (
     Listing,
     WorkUnit,
-    is_image,
     iter_unit_items,
     list_inputs,
     plan_units,
     plan_video_units,
 )
 from pipeline.io.storage import Storage, StorageError, join
-from pipeline.memory_bank.bank import load_metadata, resolve_bank_uri
 from pipeline.progress import Progress
 from pipeline.runtime import (
     WorkerPool,
@@ -64,61 +56,13 @@ def _row(run_id: str, unit: WorkUnit, detector: str, version: str, **values: Any
     return row | values
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """The artifact a run scores with: a bank version or a checkpoint."""
-
-    uri: str
-    version: str
-    threshold: float | None
-    params: dict[str, Any]
-    metadata: bytes  # logged to MLflow beside the run
-
-
 def resolve_model(storage: Storage, cfg: ScoreConfig) -> ModelRef:
-    if cfg.detector == "patchcore":
-        storage.check_reachable(cfg.bank, "bank")
-        uri = resolve_bank_uri(storage, cfg.bank, cfg.bank_version)
-        meta = load_metadata(storage, uri)
-        return ModelRef(uri, f"{meta.version}:{meta.fingerprint[:19]}", meta.threshold,
-                        {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint,
-                         "bank.weights": meta.weights},
-                        meta.model_dump_json(indent=2).encode())
-    storage.check_reachable(cfg.model, "model")
-    data = storage.read_bytes(cfg.model)
-    version = checkpoint_version(data)
-    return ModelRef(cfg.model, version, None, {"model.version": version}, json.dumps({"uri": cfg.model}).encode())
-
-
-def inctrl_prompts(cfg: ScoreConfig, storage: Storage, checkpoint: bytes) -> inctrl.PromptSet:
-    """The few-shot normal prompts: an authors' few-shot file as it is, or ``shots`` images chosen
-    deterministically from the images under ``prompts``."""
-    settings = inctrl.InCTRLSettings.model_validate_json(
-        torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)["settings"])
-    if inctrl.is_prompt_file(cfg.prompts):
-        return inctrl.read_prompt_file(storage.read_bytes(cfg.prompts), cfg.prompts, settings.image_size, cfg.shots)
-    shots = cfg.shots or settings.shots
-    uris = [u for u in storage.list_files(cfg.prompts) if is_image(u)]
-    if len(uris) < shots:
-        raise ValueError(f"prompts={cfg.prompts}: {len(uris)} images, shots={shots} needs at least that many")
-    chosen = inctrl.choose_prompts(uris, shots, settings.seed)
-    preprocess = Preprocess(settings.image_size, interpolation=settings.interpolation)
-    return inctrl.PromptSet(torch.stack([preprocess(decode_image(storage.read_bytes(u), cfg.decode.max_pixels))
-                                         for u in chosen]))
+    """The detector's model, checked on the driver before any worker starts (see the registry)."""
+    return load_attr(DETECTORS[cfg.detector].resolve)(storage, cfg)
 
 
 def load_detector(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> Detector:
-    if cfg.detector == "patchcore":
-        return PatchCoreDetector.load(storage, model.uri, device=device, engine=cfg.knn_engine,
-                                      precision=cfg.knn_precision)
-    if cfg.detector == "dmad":
-        return DMADDetector.load(storage, model.uri, device=device)
-    if cfg.detector == "anomalyclip":
-        return AnomalyCLIPDetector.load(storage, model.uri, cfg.clip_arch, cfg.clip_weights, device=device)
-    data = storage.read_bytes(model.uri)
-    prompts = inctrl_prompts(cfg, storage, data)
-    return inctrl.load_checkpoint(data, storage, prompts.images, cfg.clip_arch, cfg.clip_weights, len(prompts.images),
-                                  device=device, object_name=prompts.object_name)
+    return load_attr(DETECTORS[cfg.detector].load)(cfg, storage, model, device)
 
 
 class ScoreWorker:
@@ -300,12 +244,6 @@ def _read_json(storage: Storage, uri: str) -> dict[str, Any] | None:
         return None
 
 
-def _warn_about_model(model: ModelRef) -> None:
-    if model.params.get("bank.weights") == "none":
-        log.warning("the bank %s was fitted on a randomly initialised backbone (patchcore.weights=none): "
-                    "its scores mean nothing about real anomalies", model.uri)
-
-
 def _score_units(cfg: ScoreConfig, storage: Storage, run_id: str, model: ModelRef, todo: list[WorkUnit],
                  totals: dict[str, float], local: bool) -> tuple[list[str], float, float]:
     """Run ``todo`` on the worker pool; add their counts to ``totals``. Returns the failed unit ids,
@@ -341,7 +279,8 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     storage.check_writable_folder(cfg.output, "output")
     tracking_uri = check_tracking(cfg.tracking)
     model = resolve_model(storage, cfg)
-    _warn_about_model(model)
+    if model.warning:
+        log.warning("%s", model.warning)
     run_id = cfg.run_name or "score-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_uri = join(cfg.output, run_id)
     log.info("run %s: input %s, output %s", run_id, cfg.input, run_uri)
@@ -440,7 +379,7 @@ def _track(cfg: ScoreConfig, storage: Storage, model: ModelRef, summary: dict[st
             run.json_artifact("summary.json", summary)
             if videos:
                 run.json_artifact("videos.json", videos)
-            run.file_artifact("bank.json" if cfg.detector == "patchcore" else "model.json", model.metadata)
+            run.file_artifact(model.metadata_name, model.metadata)
             summary["mlflow_run_id"] = run.run_id
         storage.write_bytes(record_uri, json.dumps({"mlflow_run_id": run.run_id, "tracking_uri": tracking_uri}
                                                    ).encode())

@@ -2,8 +2,11 @@
 bounded time, then raised as TransientStorageError; permanent ones fail at once. Outages are
 played by a relay (tests/relay.py) in front of a real S3 server (moto, HTTP on loopback)."""
 
+import asyncio
 import errno
+import gc
 import io
+import logging
 import os
 import random
 import re
@@ -351,3 +354,25 @@ def test_a_write_to_an_endpoint_that_never_answers_gives_up_in_bounded_time(monk
             conn.close()
         server.close()
     assert time.monotonic() - start < 10
+
+
+def test_only_the_orphaned_upload_task_report_is_silenced(caplog):
+    """aiohttp's left-behind PUT task is not reported as a traceback; any other lost task error still is."""
+    from aiohttp.client_exceptions import ClientConnectionResetError
+
+    async def cut():
+        raise ClientConnectionResetError("Cannot write to closing transport")
+
+    async def bug():
+        raise ValueError("a real bug")
+
+    async def main():
+        tasks = [asyncio.ensure_future(cut()), asyncio.ensure_future(bug())]
+        await asyncio.sleep(0.01)
+        tasks.clear()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(main())
+        gc.collect()
+    reported = [r.exc_info[1] for r in caplog.records if r.exc_info]
+    assert [type(e).__name__ for e in reported] == ["ValueError"]

@@ -55,6 +55,7 @@ import io
 import math
 from collections.abc import Iterable
 from itertools import islice
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -62,11 +63,14 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validato
 from torch import Tensor, nn
 
 from pipeline.config import Interpolation
-from pipeline.detectors.base import ScoreBatch
+from pipeline.detectors.base import ModelRef, ScoreBatch
 from pipeline.detectors.checkpoints import checkpoint_version, pack
 from pipeline.features.clip import load_clip, normalize, tokenizer
 from pipeline.features.preprocess import Preprocess, gaussian_blur
 from pipeline.io.storage import Storage
+
+if TYPE_CHECKING:
+    from pipeline.config import ScoreConfig
 
 CHECKPOINT_FORMAT = "anomalyclip/1"
 RANDOM_FINGERPRINT_PREFIX = "random:"
@@ -358,6 +362,10 @@ def load_checkpoint(data: bytes, storage: Storage, clip_arch: str | None = None,
                          f"prompts were trained with ({trained_with})")
     return AnomalyCLIPDetector(clip_model.to(device), prompts.to(device), settings, fingerprint,
                                version=checkpoint_version(data), device=device)
+
+
+def load_for_score(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> AnomalyCLIPDetector:
+    return AnomalyCLIPDetector.load(storage, model.uri, cfg.clip_arch, cfg.clip_weights, device=device)
 
 
 class AnomalyCLIPDetector:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -15,6 +15,19 @@ from pipeline.features.preprocess import Preprocess
 class ScoreBatch:
     scores: np.ndarray  # [B] float32, higher = more anomalous
     maps: np.ndarray | None  # [B, H, W] float32 at the model's input size, or None
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a run scores with, resolved on the driver: a bank version, a checkpoint, or a set of weights."""
+
+    uri: str
+    version: str  # recorded in every result row (model_version)
+    threshold: float | None
+    params: dict[str, Any]  # logged to MLflow and the summary
+    metadata: bytes  # logged to MLflow beside the run, as ``metadata_name``
+    metadata_name: str = "model.json"
+    warning: str | None = None  # logged once on the driver, e.g. random weights
 
 
 class Detector(Protocol):

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
+
+from pipeline.detectors.base import ModelRef
+
+if TYPE_CHECKING:
+    from pipeline.config import ScoreConfig
+    from pipeline.io.storage import Storage
 
 
 def pack(format_tag: str, settings_json: str, state: Mapping[str, torch.Tensor], **extra: str) -> bytes:
@@ -21,3 +29,10 @@ def pack(format_tag: str, settings_json: str, state: Mapping[str, torch.Tensor],
 def checkpoint_version(data: bytes) -> str:
     """The version recorded in result rows: a short content hash of the checkpoint bytes."""
     return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+
+
+def resolve_checkpoint(storage: Storage, cfg: ScoreConfig) -> ModelRef:
+    """A checkpoint from jobs.train (``cfg.model``), versioned by its content hash."""
+    storage.check_reachable(cfg.model, "model")
+    version = checkpoint_version(storage.read_bytes(cfg.model))
+    return ModelRef(cfg.model, version, None, {"model.version": version}, json.dumps({"uri": cfg.model}).encode())

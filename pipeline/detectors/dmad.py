@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -31,13 +31,16 @@ from torch import Tensor, nn
 from pipeline.config import Interpolation, StorageSettings
 from pipeline.detectors import dmad_image as ppdm
 from pipeline.detectors import dmad_video as pdm
-from pipeline.detectors.base import ScoreBatch
+from pipeline.detectors.base import ModelRef, ScoreBatch
 from pipeline.detectors.checkpoints import checkpoint_version, pack
 from pipeline.detectors.dmad_image import ImageDMAD
 from pipeline.detectors.dmad_video import OFFICIAL_ALPHA, Layout, VideoDMAD, to_model_space
 from pipeline.features.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from pipeline.features.preprocess import Preprocess
 from pipeline.io.storage import Storage
+
+if TYPE_CHECKING:
+    from pipeline.config import ScoreConfig
 
 CHECKPOINT_FORMAT = "dmad/3"  # 2: the ported official video network; 3: the ported official image network
 VIDEO_FORMAT_2 = "dmad/2"  # its video checkpoints still load: same network; the settings also named these
@@ -266,6 +269,10 @@ def load_checkpoint(data: bytes, storage: Storage | None = None, device: str = "
     if missing or unexpected:
         raise ValueError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return DMADDetector(model.to(device), settings, checkpoint_version(data), device)
+
+
+def load_for_score(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> DMADDetector:
+    return DMADDetector.load(storage, model.uri, device=device)
 
 
 class DMADDetector:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import io
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +48,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from pipeline.config import Interpolation
-from pipeline.detectors.base import ScoreBatch
+from pipeline.detectors.base import ModelRef, ScoreBatch
 from pipeline.detectors.checkpoints import checkpoint_version, pack
 from pipeline.features.clip import CLIP_MEAN, CLIP_STD, load_clip, normalize, tokenizer
 from pipeline.features.preprocess import Preprocess, gaussian_blur
+from pipeline.io.decode import decode_image
+from pipeline.io.sources import is_image
 from pipeline.io.storage import Storage
+
+if TYPE_CHECKING:
+    from pipeline.config import ScoreConfig
 
 CHECKPOINT_FORMAT = "inctrl/1"
 
@@ -373,6 +379,30 @@ def load_checkpoint(data: bytes, storage: Storage, prompts: Tensor, clip_arch: s
     except RuntimeError as exc:
         raise ValueError(f"checkpoint heads do not fit clip_arch={settings.clip_arch}: {exc}") from exc
     return InCTRLDetector(clip_model.to(device), heads.to(device), settings, prompts, checkpoint_version(data), device)
+
+
+def prompt_images(cfg: ScoreConfig, storage: Storage, checkpoint: bytes) -> PromptSet:
+    """The few-shot normal prompts: an authors' few-shot file as it is, or ``shots`` images chosen
+    deterministically from the images under ``cfg.prompts``."""
+    settings = InCTRLSettings.model_validate_json(
+        torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)["settings"])
+    if is_prompt_file(cfg.prompts):
+        return read_prompt_file(storage.read_bytes(cfg.prompts), cfg.prompts, settings.image_size, cfg.shots)
+    shots = cfg.shots or settings.shots
+    uris = [u for u in storage.list_files(cfg.prompts) if is_image(u)]
+    if len(uris) < shots:
+        raise ValueError(f"prompts={cfg.prompts}: {len(uris)} images, shots={shots} needs at least that many")
+    chosen = choose_prompts(uris, shots, settings.seed)
+    preprocess = Preprocess(settings.image_size, interpolation=settings.interpolation)
+    return PromptSet(torch.stack([preprocess(decode_image(storage.read_bytes(u), cfg.decode.max_pixels))
+                                  for u in chosen]))
+
+
+def load_for_score(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> InCTRLDetector:
+    data = storage.read_bytes(model.uri)
+    prompts = prompt_images(cfg, storage, data)
+    return load_checkpoint(data, storage, prompts.images, cfg.clip_arch, cfg.clip_weights, len(prompts.images),
+                           device=device, object_name=prompts.object_name)
 
 
 class InCTRLDetector:

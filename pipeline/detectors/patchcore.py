@@ -34,8 +34,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import PatchCoreSettings
-from pipeline.detectors.base import ScoreBatch
+from pipeline.config import PatchCoreSettings, ScoreConfig
+from pipeline.detectors.base import ModelRef, ScoreBatch
 from pipeline.features.backbones import build_backbone
 from pipeline.features.patch_embedding import PatchEmbedder
 from pipeline.features.preprocess import Preprocess, gaussian_blur
@@ -69,6 +69,23 @@ def settings_from_metadata(meta: BankMetadata) -> PatchCoreSettings:
         coreset_ratio=meta.coreset_ratio, coreset_projection_dim=meta.coreset_projection_dim,
         num_neighbors=meta.num_neighbors, reweight=meta.reweight, sigma=meta.sigma, precision=meta.precision,
     )
+
+
+def resolve_bank(storage: Storage, cfg: ScoreConfig) -> ModelRef:
+    """The bank version to score with (``cfg.bank_version``, else the latest) and its metadata."""
+    storage.check_reachable(cfg.bank, "bank")
+    uri = resolve_bank_uri(storage, cfg.bank, cfg.bank_version)
+    meta = load_metadata(storage, uri)
+    warning = (f"the bank {uri} was fitted on a randomly initialised backbone (patchcore.weights=none): "
+               "its scores mean nothing about real anomalies") if meta.weights == "none" else None
+    return ModelRef(uri, f"{meta.version}:{meta.fingerprint[:19]}", meta.threshold,
+                    {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint, "bank.weights": meta.weights},
+                    meta.model_dump_json(indent=2).encode(), metadata_name="bank.json", warning=warning)
+
+
+def load_for_score(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> PatchCoreDetector:
+    return PatchCoreDetector.load(storage, model.uri, device=device, engine=cfg.knn_engine,
+                                  precision=cfg.knn_precision)
 
 
 class PatchCoreDetector:

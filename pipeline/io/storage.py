@@ -23,6 +23,7 @@ import asyncio
 import errno
 import functools
 import http.client
+import logging
 import os
 import posixpath
 import random
@@ -54,6 +55,20 @@ _THROTTLING_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", 
                                "InternalError"})
 _FILE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
                (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+
+
+class _DropOrphanedUploadErrors(logging.Filter):
+    """When a connection is cut during a PUT, aiohttp leaves its body-writing task behind with the same
+    error the request itself raised (and that :meth:`Storage._call` handles); asyncio then prints that
+    orphan's traceback when it is collected. Only that report is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (str(record.msg).startswith("Task exception was never retrieved")
+                    and type(error).__name__ == "ClientConnectionResetError")
+
+
+logging.getLogger("asyncio").addFilter(_DropOrphanedUploadErrors())
 
 
 class StorageError(RuntimeError):
