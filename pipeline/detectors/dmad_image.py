@@ -34,6 +34,11 @@ Remaining differences from the official code, and why:
   bottleneck's ``conv4`` / ``bn4``.
 - Widths follow the encoder: with WideResNet50 they are the official ones; other backbones scale them (the official
   code has WideResNet50 only).
+- Images are scored in batches (the official evaluation uses batch size 1; identical in eval mode), and the
+  coordinate channels are computed for each input size (the official ``AddCoords2d`` caches those of the first
+  input it sees). Inputs are square, as the official grid code assumes.
+- The official encoder's ImageNet weights come from torchvision's ``IMAGENET1K_V1`` (the same file the official code
+  loads); preprocessing (resize to 256, bilinear) is the product's, see ``pipeline.features.preprocess``.
 """
 
 from __future__ import annotations
