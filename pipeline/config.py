@@ -236,13 +236,13 @@ class ImportConfig(_Strict):
     format: Literal["patchcore", "anomalyclip", "inctrl", "dmad"] = Field(
         description="the release the source comes from: patchcore (a class folder with patchcore_params.pkl and "
                     "nnscorer_search_index.faiss), anomalyclip (prompt learner .pth), inctrl (checkpoint.pyth), "
-                    "dmad (pickled model .pth: needs trust_pickle)")
+                    "dmad (image-variant state_dicts, or pickled video models: those need trust_pickle)")
     source: str = Field(min_length=1, description="the released file or folder: path or s3:// URI")
     out: str = Field(min_length=1, description="where our artifact goes: a bank root (patchcore; a new version "
                                                "vNNNN) or a checkpoint file for jobs.score --model")
     trust_pickle: bool = Field(
-        False, description="dmad only: the release pickles whole model objects; unpickling runs their code, so it "
-                           "is done (in a separate process) only if you trust the file")
+        False, description="dmad only: the video releases pickle whole model objects; unpickling runs their code, "
+                           "so it is done (in a separate process) only if you trust the file")
     storage: StorageSettings = StorageSettings()
     tracking: TrackingSettings = TrackingSettings()
 
@@ -250,9 +250,6 @@ class ImportConfig(_Strict):
     def _pickle_only_for_dmad(self) -> ImportConfig:
         if self.trust_pickle and self.format != "dmad":
             raise ValueError(f"trust_pickle applies to format dmad only; {self.format} is read without pickle code")
-        if self.format == "dmad" and not self.trust_pickle:
-            raise ValueError("format dmad: the released files are pickled model objects, which run code when "
-                             "loaded; pass --trust-pickle if you trust this file")
         return self
 
 

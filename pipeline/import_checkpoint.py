@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ImportConfig
+from pipeline.config import ConfigError, ImportConfig
 from pipeline.errors import SetupError
 from pipeline.io.storage import Storage
 from pipeline.tracking import check_tracking, start_run
@@ -67,8 +67,11 @@ def run_import(cfg: ImportConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="import-") as tmp:
         source = fetch_source(storage, cfg.source, Path(tmp))
         sha = source_sha256(source)
-        options = {"trust_pickle": True} if cfg.format == "dmad" else {}
-        applied = importer.convert(source, cfg.out, storage, **options)
+        options = {"trust_pickle": cfg.trust_pickle} if cfg.format == "dmad" else {}
+        try:
+            applied = importer.convert(source, cfg.out, storage, **options)
+        except ValueError as exc:  # the importers' refusals: something about the release, not a bug here
+            raise ConfigError(f"--source {cfg.source}: {exc}") from exc
     summary = {"format": cfg.format, "source": cfg.source, "source_sha256": sha, "out": cfg.out,
                "applied": applied}
     with start_run(cfg.tracking, f"import-{cfg.format}", "import_checkpoint") as run:

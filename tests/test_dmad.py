@@ -1,4 +1,5 @@
 import io
+import json
 
 import numpy as np
 import pytest
@@ -9,15 +10,14 @@ from pipeline.config import StorageSettings
 from pipeline.detectors.dmad import (
     DMADDetector,
     DMADSettings,
-    VectorQuantizer,
     build_model,
     clip_windows,
     load_checkpoint,
     save_checkpoint,
     train_dmad,
     video_frame_scores,
-    warp,
 )
+from pipeline.detectors.dmad_image import VectorQuantizer, identity_grid, sample
 from pipeline.detectors.dmad_video import OFFICIAL_ALPHA, frame_scores, scene_of, to_model_space
 from pipeline.io.storage import Storage
 
@@ -26,7 +26,8 @@ TINY = {"image_size": 256, "in_frames": 2, "code_dim": 16, "skip_channels": 2, "
         "codebook_size": 16, "lr": 2e-3}
 VIDEO = DMADSettings(**TINY, window=1, window_keep=1)
 SHANGHAI = DMADSettings(**TINY, layout="shanghai", colour="gray", scenes=2, window=1, window_keep=1)
-IMAGE = DMADSettings(variant="image", image_size=32, channels=8, codebook_size=16, code_dim=16, lr=1e-3)
+IMAGE = DMADSettings(variant="image", image_size=32, backbone="resnet18", offset_channels=4, codebook_size=16,
+                     lr=1e-3)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -71,24 +72,25 @@ def test_settings_reject_what_the_networks_cannot_use():
 
 def test_vq_picks_the_nearest_code_and_passes_gradients_straight_through():
     vq = VectorQuantizer(size=3, dim=2, beta=0.25)
+    codebook = vq.embedding.weight
     with torch.no_grad():
-        vq.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [-2.0, 3.0]]))
+        codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [-2.0, 3.0]]))
     z = torch.tensor([[0.9, 1.2], [-1.5, 2.0], [0.1, -0.2], [5.0, 5.0]]).t().reshape(1, 2, 2, 2).requires_grad_()
-    q, loss, codes = vq(z)
-    assert codes.flatten().tolist() == [1, 2, 0, 1]
-    assert torch.equal(q.detach().reshape(2, 4).t(), vq.codebook.detach()[[1, 2, 0, 1]])
-    (q * torch.arange(8.0).view(1, 2, 2, 2)).sum().backward()
+    q, loss = vq(z)
+    assert torch.equal(q.detach().reshape(2, 4).t(), codebook.detach()[[1, 2, 0, 1]])  # the nearest codes
+    (q * torch.arange(8.0).view(1, 2, 2, 2)).sum().backward(retain_graph=True)
     assert torch.equal(z.grad, torch.arange(8.0).view(1, 2, 2, 2))  # identity gradient through the quantiser
     loss.backward()
-    assert vq.codebook.grad[[0, 1, 2]].abs().sum(1).gt(0).all()  # used codes move towards their inputs
+    assert codebook.grad[[0, 1, 2]].abs().sum(1).gt(0).all()  # used codes move towards their inputs
 
 
-def test_warp_with_zero_offsets_is_the_identity_and_offsets_are_pixels():
-    x = torch.rand(2, 3, 16, 20)
-    assert torch.allclose(warp(x, torch.zeros(2, 2, 16, 20)), x, atol=1e-5)
-    right = torch.zeros(2, 2, 16, 20)
-    right[:, 0] = 1.0  # each pixel samples its right-hand neighbour
-    assert torch.allclose(warp(x, right)[..., :-1], x[..., 1:], atol=1e-5)
+def test_image_warp_with_zero_offsets_is_the_identity_and_offsets_are_grid_units():
+    x = torch.rand(2, 3, 16, 16)
+    grid = identity_grid(2, 16, x)
+    assert torch.allclose(sample(x, grid), x, atol=1e-5)
+    right = grid.clone()
+    right[..., 0] += 2 / 15  # one pixel in grid_sample units: each pixel samples its right-hand neighbour
+    assert torch.allclose(sample(x, right)[..., :-1], x[..., 1:], atol=1e-5)
 
 
 def test_video_outputs_have_the_documented_shapes():
@@ -187,8 +189,15 @@ def test_video_checkpoint_round_trip_gives_identical_scores(video_model, tmp_pat
     assert np.array_equal(det.score(clip).scores, loaded.score(clip).scores, equal_nan=True)
     old = io.BytesIO()
     torch.save({"format": "dmad/1", "settings": "{}", "state": {}}, old)  # before the official port: retrain
-    with pytest.raises(ValueError, match="dmad/2"):
+    with pytest.raises(ValueError, match="dmad/3"):
         load_checkpoint(old.getvalue())
+    before_image_port = torch.load(io.BytesIO(data), weights_only=True)  # dmad/2: same video network
+    settings = json.loads(before_image_port["settings"])
+    before_image_port["format"] = "dmad/2"
+    before_image_port["settings"] = json.dumps({**settings, "channels": 32, "vq_weight": 1.0})
+    legacy = io.BytesIO()
+    torch.save(before_image_port, legacy)
+    assert np.array_equal(load_checkpoint(legacy.getvalue()).score(clip).scores, det.score(clip).scores, equal_nan=True)
 
 
 def test_image_variant_scores_an_image_the_same_alone_or_in_a_batch():
@@ -207,6 +216,12 @@ def test_image_variant_scores_an_image_the_same_alone_or_in_a_batch():
     state = torch.load(io.BytesIO(data), weights_only=True)["state"]
     assert not any(name.startswith("backbone.") for name in state)  # the frozen CNN is rebuilt, not stored
     assert np.array_equal(load_checkpoint(data, STORAGE).score(images).scores, batch.scores)
+    old_image = torch.load(io.BytesIO(data), weights_only=True)
+    old_image["format"] = "dmad/2"  # the simplified image model before the official port
+    stale = io.BytesIO()
+    torch.save(old_image, stale)
+    with pytest.raises(ValueError, match="retrain"):
+        load_checkpoint(stale.getvalue(), STORAGE)
 
 
 def test_skip_connections_do_not_train_the_encoder():

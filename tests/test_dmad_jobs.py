@@ -62,7 +62,8 @@ def test_image_variant_trains_and_scores_images(ray_runtime, dataset, tmp_path):
     model = tmp_path / "dmad-image.pt"
     run_train(TrainConfig.model_validate({
         "normal": str(dataset / "train" / "good"), "model_out": str(model), "steps": 3, "batch_size": 2,
-        "dmad": {"variant": "image", "image_size": 64, "channels": 8, "codebook_size": 16, "code_dim": 16},
+        "dmad": {"variant": "image", "image_size": 64, "backbone": "resnet18", "offset_channels": 4,
+                 "codebook_size": 16},
         "runtime": {"workers": 2}, "tracking": {"enabled": False}}))
     scored = run_score(ScoreConfig.model_validate({
         "input": str(dataset / "test"), "detector": "dmad", "model": str(model), "output": str(tmp_path / "out"),

@@ -5,17 +5,20 @@ as the official model does (references in tests/data/official/dmad)."""
 import os
 import sys
 import types
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 from test_official_dmad import DATA, official_state, official_windows
 from torch import nn
 
 from pipeline.config import StorageSettings
 from pipeline.detectors import dmad_video as pdm
-from pipeline.detectors.dmad import DMADDetector
-from pipeline.importers.dmad import convert
+from pipeline.detectors.dmad import DMADDetector, image_scores
+from pipeline.detectors.dmad_image import ImageDMAD
+from pipeline.importers.dmad import IMAGE_PARTS, WIDE_RESNET50_CHANNELS, convert
 from pipeline.io.storage import Storage
 
 STORAGE = Storage(StorageSettings())
@@ -129,3 +132,86 @@ def test_only_a_trusted_file_is_unpickled_and_foreign_code_is_refused(official_m
     assert not marker.exists()
     with pytest.raises(ValueError, match="expected the released .pth file"):
         convert(tmp_path, str(tmp_path / "x.pt"), STORAGE, trust_pickle=True)
+
+
+# ---------------------------------------------------------------- image variant (DMAD-PPDM)
+
+IMAGE_REFERENCE = DATA / "image" / "image.pt"  # official state_dicts (widths / 16) saved by the official code
+
+
+def official_image_release(seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """A synthetic ``wres50_<class>_I.pth`` payload at the official (WideResNet50) widths: seeded tensors under the
+    official names, including the weights the official model holds but never uses."""
+    torch.manual_seed(seed)
+    model = ImageDMAD(nn.Identity(), WIDE_RESNET50_CHANNELS, "synthetic")
+    release: dict[str, dict[str, torch.Tensor]] = {part: {} for part in IMAGE_PARTS}
+    for name, value in model.state_dict().items():
+        part, key = name.split(".", 1)
+        release[part][key] = value + 0.01 * torch.randn_like(value) if value.is_floating_point() else value
+    release["offset"].update({"conv_offset1.0.weight": torch.randn(64, 3, 3, 3),
+                              "conv_offset1.0.bias": torch.randn(64),
+                              "conv_offset1.3.weight": torch.randn(64, 64, 3, 3),
+                              "conv_offset1.3.bias": torch.randn(64)})
+    release["bn"].update({"conv4.weight": torch.randn(1024, 1024, 1, 1), "bn4.weight": torch.ones(1024),
+                          "bn4.bias": torch.zeros(1024), "bn4.running_mean": torch.zeros(1024),
+                          "bn4.running_var": torch.ones(1024), "bn4.num_batches_tracked": torch.tensor(0)})
+    return release
+
+
+@pytest.fixture
+def seeded_torchvision_wide_resnet50(tmp_path, monkeypatch) -> nn.Module:
+    """$TORCH_HOME holding a seeded wide_resnet50_2 under torchvision's IMAGENET1K_V1 file name (nothing downloads)."""
+    torch.manual_seed(5)
+    model = torchvision.models.wide_resnet50_2(weights=None)
+    url = torchvision.models.Wide_ResNet50_2_Weights.IMAGENET1K_V1.url
+    checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(model.state_dict(), checkpoints / os.path.basename(urlparse(url).path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    return model.eval()
+
+
+def test_the_synthetic_image_release_has_the_official_names():
+    official = torch.load(IMAGE_REFERENCE, weights_only=True)["state"]
+    synthetic = official_image_release(0)
+    for part in IMAGE_PARTS:
+        assert set(synthetic[part]) == set(official[part]), part
+
+
+def test_an_official_image_checkpoint_converts_without_pickle_and_scores(tmp_path, seeded_torchvision_wide_resnet50):
+    release = official_image_release(1)
+    source = tmp_path / "wres50_screw_I.pth"
+    torch.save(release, source)
+    out = tmp_path / "models" / "dmad-screw.pt"
+    applied = convert(source, str(out), STORAGE)  # three state_dicts: no trust_pickle needed
+    assert applied["variant"] == "image" and applied["mvtec_class"] == "screw"
+    assert {k: applied["settings"][k] for k in ("backbone", "weights", "image_size", "codebook_size",
+                                                 "offset_channels", "deform_weight")} == {
+        "backbone": "wide_resnet50_2", "weights": "torchvision:IMAGENET1K_V1", "image_size": 256,
+        "codebook_size": 200, "offset_channels": 64, "deform_weight": 0.2}  # official ifgeom weight for screw
+
+    det = DMADDetector.load(STORAGE, str(out))
+    assert det.version == applied["version"]
+    assert torch.equal(det.model.bn.vq3.embedding.weight, release["bn"]["vq3.embedding.weight"])
+    assert torch.equal(det.model.backbone.get_submodule("layer3.5.conv2").weight,
+                       seeded_torchvision_wide_resnet50.layer3[5].conv2.weight)  # the named torchvision weights
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    batch = det.score(image)
+    with torch.no_grad():
+        expected = image_scores(det.model, image, det.settings)
+    assert batch.maps.shape == (1, 256, 256)
+    assert np.allclose(batch.scores, (expected.map_max + 0.2 * expected.deformation_max).numpy(), rtol=1e-6)
+
+
+def test_image_checkpoints_the_port_cannot_run_are_refused(tmp_path):
+    official = torch.load(IMAGE_REFERENCE, weights_only=True)["state"]
+    narrow = tmp_path / "wres50_bottle_I.pth"
+    torch.save({part: official[part] for part in IMAGE_PARTS}, narrow)  # not the WideResNet50 widths
+    with pytest.raises(ValueError, match="codebook vectors of 64 channels"):
+        convert(narrow, str(tmp_path / "a.pt"), STORAGE)
+    pixel = tmp_path / "wres50_bottle_P.pth"
+    bn = {k: v for k, v in official["bn"].items() if not k.startswith("vq3.")}
+    torch.save({"offset": official["offset"], "bn": bn, "decoder": official["decoder"]}, pixel)
+    with pytest.raises(ValueError, match="non-VQ"):
+        convert(pixel, str(tmp_path / "b.pt"), STORAGE)
+    assert not (tmp_path / "a.pt").exists() and not (tmp_path / "b.pt").exists()

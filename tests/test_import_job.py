@@ -7,6 +7,7 @@ import shutil
 
 import mlflow
 import s3fs
+import torch
 from test_import_patchcore import released_folder, seeded_torchvision_resnet18  # noqa: F401 (a fixture)
 
 from jobs import import_checkpoint as import_job
@@ -54,3 +55,13 @@ def test_a_missing_source_fails_before_any_work_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "nothing" in err
     assert not (tmp_path / "bank").exists()
+
+
+def test_a_pickled_release_is_refused_without_trust_pickle_with_one_line(tmp_path, capsys):
+    source = tmp_path / "ped2.pth"
+    torch.save(torch.nn.Linear(2, 2), source)  # a whole pickled module, as the DMAD video releases are
+    code = import_job.main(["--format", "dmad", "--source", str(source), "--out", str(tmp_path / "m.pt"),
+                            "--no-tracking"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--trust-pickle" in err
+    assert not (tmp_path / "m.pt").exists()

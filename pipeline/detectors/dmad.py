@@ -8,44 +8,43 @@ is the "diversity measure" of the title.
 - ``variant="video"`` (PDM): a port of the official network and frame score, in
   :mod:`pipeline.detectors.dmad_video` (its docstring lists every remaining difference from the official code).
   This module wraps it: settings, 0..1 RGB clips to training windows, training, checkpoints and the detector.
-- ``variant="image"`` (PPDM): an offset field warps the input before a frozen CNN (layer1..layer3); the layer3
-  branch is quantised, a decoder reconstructs the feature pyramid; the map is the summed ``1 - cosine`` similarity,
-  warped back with the negated offsets (an approximate inverse) and Gaussian-smoothed; the image score is the map's
-  maximum plus ``deform_weight`` times the mean offset length.
-
-The image variant is NOT yet the official PPDM: the official one uses a WideResNet50 encoder with RD4AD's bottleneck
-and de-ResNet decoder, quantises inside the bottleneck, and inverts its warp with a second learnt offset network;
-ours adds the two offset levels and applies them in one warp, quantises a 1x1 projection of layer3, and inverts the
-warp with the negated offsets.
+- ``variant="image"`` (PPDM): a port of the official MVTec network (learnt offsets and inverse offsets, frozen
+  encoder, RD4AD's bottleneck with a codebook, de-WideResNet50 decoder), its anomaly map and per-image score, in
+  :mod:`pipeline.detectors.dmad_image` (its docstring lists every remaining difference from the official code,
+  notably the image score without the official test-set min-max and best-of-two-AUROC selection). The official
+  encoder is WideResNet50 with torchvision's IMAGENET1K_V1 weights: ``backbone="wide_resnet50_2"``,
+  ``weights="torchvision:IMAGENET1K_V1"``.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, field_validator, model_validator
 from torch import Tensor, nn
 
 from pipeline.config import Interpolation, StorageSettings
+from pipeline.detectors import dmad_image as ppdm
 from pipeline.detectors import dmad_video as pdm
 from pipeline.detectors.base import ModelRef, ScoreBatch
 from pipeline.detectors.checkpoints import checkpoint_version, pack
+from pipeline.detectors.dmad_image import ImageDMAD
 from pipeline.detectors.dmad_video import OFFICIAL_ALPHA, Layout, VideoDMAD, to_model_space
 from pipeline.features.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
-from pipeline.features.preprocess import Preprocess, gaussian_blur
+from pipeline.features.preprocess import Preprocess
 from pipeline.io.storage import Storage
 
 if TYPE_CHECKING:
     from pipeline.config import ScoreConfig
 
-IMAGE_LAYERS = ["layer1", "layer2", "layer3"]
-CHECKPOINT_FORMAT = "dmad/2"  # 2: the ported official video network
+CHECKPOINT_FORMAT = "dmad/3"  # 2: the ported official video network; 3: the ported official image network
+VIDEO_FORMAT_2 = "dmad/2"  # its video checkpoints still load: same network; the settings also named these
+FORMAT_2_IMAGE_SETTINGS = ("channels", "reconstruction_weight", "vq_weight", "smoothness_weight", "magnitude_weight")
 
 Component = Literal["deformation", "reconstruction", "gradient", "foreground"]
 
@@ -60,27 +59,27 @@ class DMADSettings(BaseModel):
     layout: Layout = Field("ped2", description="video: which official model file the network follows")
     colour: Literal["bgr", "gray"] = Field("bgr", description="video: BGR (official ped2) or grey (avenue, shanghai)")
     in_frames: int = Field(4, ge=1, le=16, description="video: past frames the next frame is predicted from")
-    channels: int = Field(32, ge=4, le=512, description="image: base width of the trainable networks")
     skip_channels: int = Field(32, ge=1, le=512, description="video: width of the detached skip connections")
-    offset_channels: int = Field(64, ge=1, le=512, description="video: width of the offset network")
+    offset_channels: int = Field(64, ge=1, le=512, description="width of the offset network")
     scenes: int = Field(1, ge=1, le=1000, description="video: backgrounds, one per scene (shanghai)")
-    codebook_size: int = Field(200, ge=2, le=65536)
-    code_dim: int = Field(256, ge=2, le=4096, description="codebook vectors; video: the encoder's last width")
-    beta: float = Field(0.25, ge=0, description="VQ commitment weight")
-    max_offset_coarse: float = Field(2.0, gt=0, description="largest coarse offset, in input pixels")
-    max_offset_fine: float = Field(3.0, gt=0, description="largest fine offset, in input pixels")
-    reconstruction_weight: float = Field(1.0, ge=0, description="image loss: feature cosine")
-    vq_weight: float = Field(1.0, ge=0, description="image loss: codebook + commitment")
-    smoothness_weight: float = Field(0.01, ge=0, description="image loss: total variation of the offsets, in pixels")
-    magnitude_weight: float = Field(0.005, ge=0, description="image loss: mean offset length, in pixels")
+    codebook_size: int = Field(200, ge=2, le=65536, description="codebook entries (official 200 for images)")
+    code_dim: int = Field(256, ge=2, le=4096, description="video: codebook vectors, the encoder's last width "
+                                                          "(image: the codebook holds layer3 vectors)")
+    beta: float = Field(0.25, ge=0, description="video: VQ commitment weight (image: 0.25, as official)")
+    max_offset_coarse: float = Field(2.0, gt=0, description="video: largest coarse offset, in input pixels")
+    max_offset_fine: float = Field(3.0, gt=0, description="video: largest fine offset, in input pixels")
     alpha: dict[Component, NonNegativeFloat] | None = Field(
         None, description="video: weights of the per-video normalised frame score components (default: official)")
     window: int = Field(11, ge=1, description="video: frames in the trimmed moving average of frame scores (odd)")
     window_keep: int = Field(5, ge=1, description="video: frames of each window, closest to its mean, averaged")
-    deform_weight: float = Field(0.05, ge=0, description="image: score = max(map) + deform_weight * mean offset")
+    deform_weight: float = Field(0.05, ge=0, description="image: score = max(map) + deform_weight * "
+                                                          "max(inverse-offset map); official 0.2 for screw, "
+                                                          "carpet, metal_nut, else 0.05")
     sigma: float = Field(4.0, ge=0, description="image: Gaussian smoothing of the maps, in pixels")
-    backbone: Literal["resnet18", "resnet50", "wide_resnet50_2"] = "resnet18"
-    weights: str = Field("none", min_length=1, description="image backbone: path, s3:// URI, 'torchvision', 'none'")
+    backbone: Literal["resnet18", "resnet50", "wide_resnet50_2"] = Field(
+        "wide_resnet50_2", description="image: the frozen encoder (official: wide_resnet50_2)")
+    weights: str = Field("none", min_length=1, description="image backbone: path, s3:// URI, 'none', or "
+                                                           "'torchvision[:ENUM]' (official: torchvision:IMAGENET1K_V1)")
     seed: int = Field(0, description="image backbone initialisation when weights='none'")
     lr: float = Field(2e-4, gt=0)
 
@@ -122,103 +121,6 @@ class DMADSettings(BaseModel):
         return dict(self.alpha) if self.alpha is not None else dict(OFFICIAL_ALPHA[self.layout])
 
 
-# ---------------------------------------------------------------- building blocks
-
-
-def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-def add_coords(x: Tensor) -> Tensor:
-    """Append x and y coordinate channels in [-1, 1] (CoordConv), so convolutions can place content by position."""
-    b, _, h, w = x.shape
-    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
-    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
-    return torch.cat([x, xs, ys], dim=1)
-
-
-class CoordBlock(nn.Module):
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.convs = nn.Sequential(conv_bn_relu(cin + 2, cout), conv_bn_relu(cout, cout))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.convs(add_coords(x))
-
-
-class VectorQuantizer(nn.Module):
-    """Nearest-code quantisation with a straight-through gradient (VQ-VAE, van den Oord et al., 2017)."""
-
-    def __init__(self, size: int, dim: int, beta: float):
-        super().__init__()
-        self.codebook = nn.Parameter(torch.empty(size, dim).uniform_(-1 / size, 1 / size))
-        self.beta = beta
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``z [B,D,h,w]`` -> (quantised ``z`` whose gradient passes straight to ``z``, codebook + beta * commitment
-        loss, code indices ``[B,h,w]``)."""
-        b, d, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, d)
-        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.t() + self.codebook.pow(2).sum(1)
-        codes = dist.argmin(dim=1)
-        q = self.codebook[codes].view(b, h, w, d).permute(0, 3, 1, 2)
-        loss = F.mse_loss(q, z.detach()) + self.beta * F.mse_loss(z, q.detach())
-        return z + (q - z).detach(), loss, codes.view(b, h, w)
-
-
-class OffsetNet(nn.Module):
-    """Pyramid deformation: a coarse offset field at 1/4 resolution and a fine full-resolution one, in pixels,
-    bounded by tanh. Both heads start at zero, i.e. at the identity warp."""
-
-    def __init__(self, cin: int, width: int, max_coarse: float, max_fine: float):
-        super().__init__()
-        self.trunk = CoordBlock(cin, width)
-        self.coarse = nn.Sequential(conv_bn_relu(width, width, 2), conv_bn_relu(width, width, 2),
-                                    nn.Conv2d(width, 2, 3, padding=1))
-        self.fine = nn.Sequential(conv_bn_relu(width, width), nn.Conv2d(width, 2, 3, padding=1))
-        for head in (self.coarse[-1], self.fine[-1]):
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
-        self.max_coarse = max_coarse
-        self.max_fine = max_fine
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.trunk(x)
-        return torch.tanh(self.coarse(h)) * self.max_coarse, torch.tanh(self.fine(h)) * self.max_fine
-
-
-def compose(coarse: Tensor, fine: Tensor) -> Tensor:
-    """The total offset field: the coarse field upsampled to the fine one's size, plus the fine one."""
-    return F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=True) + fine
-
-
-def warp(x: Tensor, offset: Tensor) -> Tensor:
-    """Sample ``x [B,C,H,W]`` at each pixel's position plus ``offset [B,2,H,W]`` (dx, dy in pixels); the border
-    repeats outside the image. Zero offsets give ``x`` back."""
-    _, _, h, w = offset.shape
-    ys = torch.linspace(-1, 1, h, device=offset.device, dtype=offset.dtype)
-    xs = torch.linspace(-1, 1, w, device=offset.device, dtype=offset.dtype)
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    scale = torch.tensor([2 / (w - 1), 2 / (h - 1)], device=offset.device, dtype=offset.dtype)
-    grid = torch.stack([grid_x, grid_y], dim=-1) + offset.permute(0, 2, 3, 1) * scale
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
-
-
-def total_variation(field: Tensor) -> Tensor:
-    """Mean absolute difference between neighbouring offsets: the offset smoothness penalty."""
-    return (field[..., :, 1:] - field[..., :, :-1]).abs().mean() + (field[..., 1:, :] - field[..., :-1, :]).abs().mean()
-
-
-def offset_length(field: Tensor) -> Tensor:
-    """Per-sample mean length of the offset vectors ``[B]``, in pixels."""
-    return field.pow(2).sum(1).add(1e-12).sqrt().mean((1, 2))
-
-
-def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
-    """``1 - cos`` between feature vectors at each position: ``[B,C,h,w]`` x2 -> ``[B,h,w]``."""
-    return 1 - F.cosine_similarity(a, b, dim=1)
-
-
 # ---------------------------------------------------------------- video variant (PDM): see dmad_video
 
 
@@ -248,110 +150,23 @@ def video_frame_scores(components: Mapping[str, np.ndarray], s: DMADSettings) ->
     return pdm.frame_scores(components, s.score_weights, s.window, s.window_keep)
 
 
-# ---------------------------------------------------------------- image variant (PPDM)
+# ---------------------------------------------------------------- image variant (PPDM): see dmad_image
 
 
-class FeatureBottleneck(nn.Module):
-    """Fuses layer1..layer3 into one embedding at 1/32 of the input (as RD4AD's bottleneck); the layer3 branch goes
-    through the codebook, which limits what the decoder can reproduce."""
-
-    def __init__(self, channels: list[int], width: int, code_dim: int, codebook_size: int, beta: float):
-        super().__init__()
-        c1, c2, c3 = channels
-        self.to_code = nn.Conv2d(c3, code_dim, 1)
-        self.vq = VectorQuantizer(codebook_size, code_dim, beta)
-        self.reduce = nn.ModuleList([nn.Sequential(conv_bn_relu(c1, width, 2), conv_bn_relu(width, width, 2)),
-                                     conv_bn_relu(c2, width, 2), conv_bn_relu(c3, width)])
-        self.fuse = conv_bn_relu(3 * width + code_dim, 4 * width, 2)
-
-    def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
-        q, vq_loss, _ = self.vq(self.to_code(feats[-1]))
-        reduced = [reduce(f) for reduce, f in zip(self.reduce, feats, strict=True)]
-        return self.fuse(torch.cat([*reduced, q], dim=1)), vq_loss
-
-
-class FeatureDecoder(nn.Module):
-    """Reconstructs layer3, then layer2, then layer1 from the bottleneck embedding, each at its own size."""
-
-    def __init__(self, width: int, channels: list[int]):
-        super().__init__()
-        self.stages = nn.ModuleList()
-        self.heads = nn.ModuleList()
-        cin = width
-        for c in reversed(channels):
-            self.stages.append(nn.Sequential(nn.ConvTranspose2d(cin, c, 2, 2, bias=False), nn.BatchNorm2d(c),
-                                             nn.ReLU(inplace=True), conv_bn_relu(c, c)))
-            self.heads.append(nn.Conv2d(c, c, 1))
-            cin = c
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        out = []
-        for stage, head in zip(self.stages, self.heads, strict=True):
-            x = stage(x)
-            out.append(head(x))
-        return out[::-1]
-
-
-@dataclass
-class ImageOutput:
-    features: list[Tensor]  # frozen encoder features of the warped image, layer1..layer3
-    reconstructions: list[Tensor]  # the decoder's reconstructions of them
-    coarse: Tensor
-    fine: Tensor
-    offset: Tensor  # [B,2,H,W] pixels
-    vq_loss: Tensor
-
-
-class ImageDMAD(nn.Module):
-    """PPDM: deform the image, encode with a frozen CNN, quantise, reconstruct the features."""
-
-    def __init__(self, s: DMADSettings, backbone: nn.Module, channels: list[int], fingerprint: str):
-        super().__init__()
-        self.backbone = backbone
-        self.backbone_fingerprint = fingerprint
-        self.offset_net = OffsetNet(3, s.channels, s.max_offset_coarse, s.max_offset_fine)
-        self.bottleneck = FeatureBottleneck(channels, s.channels, s.code_dim, s.codebook_size, s.beta)
-        self.decoder = FeatureDecoder(4 * s.channels, channels)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def train(self, mode: bool = True) -> ImageDMAD:
-        super().train(mode)
-        self.backbone.eval()  # frozen: its batch-norm statistics must not move
-        return self
-
-    def forward(self, images: Tensor) -> ImageOutput:
-        x = (images - self.mean) / self.std
-        coarse, fine = self.offset_net(x)
-        offset = compose(coarse, fine)
-        taps = self.backbone(warp(x, offset))
-        feats = [taps[layer] for layer in IMAGE_LAYERS]
-        embedding, vq_loss = self.bottleneck(feats)
-        return ImageOutput(feats, self.decoder(embedding), coarse, fine, offset, vq_loss)
+def normalise(images: Tensor) -> Tensor:
+    """0..1 RGB -> ImageNet-normalised, as the official ``get_data_transforms``."""
+    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
 
 
 def image_losses(model: ImageDMAD, images: Tensor, s: DMADSettings) -> dict[str, Tensor]:
-    out = model(images)
-    parts = {
-        "reconstruction": sum(cosine_distance(f, r).mean()
-                              for f, r in zip(out.features, out.reconstructions, strict=True)),
-        "vq": out.vq_loss,
-        "smoothness": total_variation(out.coarse) + total_variation(out.fine),
-        "magnitude": (offset_length(out.coarse) + offset_length(out.fine)).mean(),
-    }
-    parts["total"] = (s.reconstruction_weight * parts["reconstruction"] + s.vq_weight * parts["vq"]
-                      + s.smoothness_weight * parts["smoothness"] + s.magnitude_weight * parts["magnitude"])
-    return parts
+    return ppdm.losses(model, normalise(images))
 
 
-def image_scores(model: ImageDMAD, images: Tensor, s: DMADSettings) -> tuple[Tensor, Tensor]:
-    """Image scores ``[B]`` and anomaly maps ``[B,H,W]`` in the input's (undeformed) frame."""
-    out = model(images)
-    size = images.shape[-2:]
-    amap = sum(F.interpolate(cosine_distance(f, r).unsqueeze(1), size=size, mode="bilinear", align_corners=False)
-               for f, r in zip(out.features, out.reconstructions, strict=True))
-    amap = gaussian_blur(warp(amap, -out.offset)[:, 0], s.sigma)
-    return amap.flatten(1).amax(1) + s.deform_weight * offset_length(out.offset), amap
+def image_scores(model: ImageDMAD, images: Tensor, s: DMADSettings) -> ppdm.ImageScores:
+    """Scores and maps of 0..1 images ``[B,3,H,W]``, each image on its own (see :func:`dmad_image.score_images`)."""
+    return ppdm.score_images(model, normalise(images), s.deform_weight, s.sigma)
 
 
 # ---------------------------------------------------------------- training
@@ -361,18 +176,20 @@ def build_model(settings: DMADSettings, storage: Storage | None = None) -> nn.Mo
     """A freshly initialised model (from torch's global RNG; the image backbone from ``settings.seed``)."""
     if settings.variant == "video":
         return VideoDMAD(settings)
-    backbone, channels, fingerprint = build_backbone(settings.backbone, IMAGE_LAYERS, settings.weights,
+    backbone, channels, fingerprint = build_backbone(settings.backbone, ppdm.LAYERS, settings.weights,
                                                      settings.seed, storage or Storage(StorageSettings()))
-    return ImageDMAD(settings, backbone, channels, fingerprint)
+    return ImageDMAD(backbone, channels, fingerprint, settings.codebook_size, settings.offset_channels)
 
 
 def make_optimizer(model: nn.Module, settings: DMADSettings) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; the video background learns faster, as official (50x, shanghai 10x)."""
+    """AdamW over the trainable parameters; the video background learns faster, as official (50x, shanghai 10x);
+    the image variant uses the official betas (0.5, 0.999)."""
     params = [p for name, p in model.named_parameters() if p.requires_grad and name != "background"]
     groups: list[dict] = [{"params": params}]
     if isinstance(model, VideoDMAD):
         groups.append({"params": [model.background], "lr": settings.lr * pdm.BACKGROUND_LR_SCALE[settings.layout]})
-    return torch.optim.AdamW(groups, lr=settings.lr)
+        return torch.optim.AdamW(groups, lr=settings.lr)
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.5, 0.999))
 
 
 def video_background(windows: Tensor, scenes: Tensor, s: DMADSettings) -> tuple[Tensor, Tensor]:
@@ -433,9 +250,15 @@ def save_checkpoint(model: nn.Module, settings: DMADSettings) -> bytes:
 
 def load_checkpoint(data: bytes, storage: Storage | None = None, device: str = "cpu") -> DMADDetector:
     payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in (CHECKPOINT_FORMAT, VIDEO_FORMAT_2):
         raise ValueError(f"not a DMAD checkpoint (expected format {CHECKPOINT_FORMAT})")
-    settings = DMADSettings.model_validate_json(payload["settings"])
+    raw = json.loads(payload["settings"])
+    if payload["format"] == VIDEO_FORMAT_2:
+        if raw.get("variant") != "video":
+            raise ValueError("this image-variant checkpoint (format dmad/2) is the old simplified model: retrain it "
+                             "(the image variant is now the official network)")
+        raw = {k: v for k, v in raw.items() if k not in FORMAT_2_IMAGE_SETTINGS}
+    settings = DMADSettings.model_validate(raw)
     with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten: leave the caller's RNG alone
         model = build_model(settings, storage)
     if model.backbone_fingerprint != payload["backbone_fingerprint"]:
@@ -512,8 +335,8 @@ class DMADDetector:
         self._check(images)
         if self.settings.variant == "image":
             with torch.inference_mode():
-                scores, maps = image_scores(self.model, images.to(self.device), self.settings)
-            return ScoreBatch(scores.float().cpu().numpy(), maps.float().cpu().numpy())
+                out = image_scores(self.model, images.to(self.device), self.settings)
+            return ScoreBatch(out.scores.float().cpu().numpy(), out.maps.float().cpu().numpy())
         n, b = self.settings.in_frames, images.shape[0]
         scores = np.full(b, np.nan, dtype=np.float32)
         maps = np.zeros((b, self.image_size, self.image_size), dtype=np.float32)

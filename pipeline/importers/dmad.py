@@ -1,9 +1,16 @@
-"""DMAD importer: the authors' released video models (``DMAD-PDM``) to a checkpoint for ``jobs.score --model``.
+"""DMAD importer: the authors' released models to a checkpoint for ``jobs.score --model``.
 
-The released files are whole pickled ``convAE`` objects (``torch.save(model)``), whose classes live in the official
-modules ``model.final_future_prediction_{ped2,avenue,shanghai}``. Unpickling runs whatever the file names, so
-:func:`convert` does it only with ``trust_pickle=True``, and then in a separate process
-(:mod:`pipeline.importers.dmad_unpickle`), which writes plain tensors that this process reads with
+Image variant (``DMAD-PPDM``, MVTec): the official training saves ``{"offset": ..., "bn": ..., "decoder": ...}``
+(three state_dicts of plain tensors, ``wres50_<class>_I.pth``), read here with ``weights_only=True`` (no
+``trust_pickle`` needed). The encoder is WideResNet50 with torchvision's IMAGENET1K_V1 weights (the official
+``pretrained=True``), which is not in the file: the checkpoint names it and scoring loads it. The official image score
+weight (0.2 for screw, carpet, metal_nut, else 0.05) is applied when the file name says the class. Only the official
+VQ version (``_I``, image-level) exists in this product; the non-VQ ``_P`` (pixel-level) bottleneck is refused.
+
+Video variant (``DMAD-PDM``): the released files are whole pickled ``convAE`` objects (``torch.save(model)``),
+whose classes live in the official modules ``model.final_future_prediction_{ped2,avenue,shanghai}``. Unpickling
+runs whatever the file names, so :func:`convert` does it only with ``trust_pickle=True``, and then in a separate
+process (:mod:`pipeline.importers.dmad_unpickle`), which writes plain tensors that this process reads with
 ``weights_only=True``. Scoring never unpickles.
 
 The official classes are made importable in that process by empty stand-ins: every class of the three official
@@ -20,16 +27,21 @@ smoothing window) and returned.
 from __future__ import annotations
 
 import pathlib
+import pickle
+import re
 import subprocess
 import sys
 import tempfile
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from pipeline.detectors.checkpoints import checkpoint_version
 from pipeline.detectors.dmad import DMADDetector, DMADSettings, save_checkpoint
+from pipeline.detectors.dmad_image import ImageDMAD
 from pipeline.detectors.dmad_video import VideoDMAD
+from pipeline.features.backbones import PAPER_TORCHVISION_WEIGHTS
 from pipeline.io.storage import Storage
 
 # official module prefix -> ours, per layout (the modules differ only in the skip connections' names)
@@ -78,6 +90,83 @@ def official_state_to_ours(state: dict[str, Tensor], layout: str) -> dict[str, T
     return ours
 
 
+IMAGE_PARTS = ("offset", "bn", "decoder")
+UNUSED_IMAGE_WEIGHTS = ("bn.conv4.", "bn.bn4.")  # the official bottleneck builds these but never runs them
+
+
+def official_image_state_to_ours(release: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The official image checkpoint ``{"offset": ..., "bn": ..., "decoder": ...}`` (state_dicts) as
+    :class:`~pipeline.detectors.dmad_image.ImageDMAD`'s state (without the frozen backbone): the parts become
+    prefixes; the weights the official model holds but never uses are dropped (those ``CoordConv2d`` inherits from
+    ``Conv2d`` besides its real ``.conv``, and the bottleneck's ``conv4`` / ``bn4``)."""
+    ours = {}
+    for part in IMAGE_PARTS:
+        state = release[part]
+        for key, value in state.items():
+            name = f"{part}.{key}"
+            if name.startswith(UNUSED_IMAGE_WEIGHTS) or (
+                    key.endswith((".weight", ".bias")) and key.rsplit(".", 1)[0] + ".conv.weight" in state):
+                continue
+            ours[name] = value
+    return ours
+
+
+WIDE_RESNET50_CHANNELS = [256, 512, 1024]  # layer1..layer3, the official encoder
+GEOMETRIC_CLASSES = {"screw", "carpet", "metal_nut"}  # official ``ifgeom``: deformation weight 0.2, else 0.05
+RELEASED_IMAGE_NAME = re.compile(r"^wres50_(?P<cls>\w+?)_(?P<mode>[IP])\.pth$")
+
+
+def read_image_release(source: pathlib.Path) -> dict[str, dict[str, Tensor]] | None:
+    """The official image checkpoint's three state_dicts, or None when ``source`` is not in that format (read with
+    ``weights_only=True``: a pickled model object is not opened here)."""
+    try:
+        release = torch.load(source, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError):
+        return None
+    if not isinstance(release, dict) or not set(IMAGE_PARTS) <= set(release):
+        return None
+    return release
+
+
+def convert_image(source: pathlib.Path, release: dict[str, dict[str, Tensor]], out: str, storage: Storage
+                  ) -> dict[str, Any]:
+    if "vq3.embedding.weight" not in release["bn"]:
+        raise ValueError(f"source={source}: this is the official non-VQ (pixel-level, _P) bottleneck; only the VQ "
+                         "version (the image-level _I checkpoints) is ported")
+    codebook = release["bn"]["vq3.embedding.weight"]
+    if codebook.shape[1] != WIDE_RESNET50_CHANNELS[2]:
+        raise ValueError(f"source={source}: codebook vectors of {codebook.shape[1]} channels; the official encoder "
+                         f"(wide_resnet50_2 layer3) has {WIDE_RESNET50_CHANNELS[2]}")
+    named = RELEASED_IMAGE_NAME.match(source.name)
+    cls = named["cls"] if named else None
+    settings = DMADSettings(variant="image", image_size=256, backbone="wide_resnet50_2",
+                            weights=f"torchvision:{PAPER_TORCHVISION_WEIGHTS}", codebook_size=codebook.shape[0],
+                            offset_channels=release["offset"]["conv_offset1.0.conv.weight"].shape[0],
+                            deform_weight=0.2 if cls in GEOMETRIC_CLASSES else 0.05)
+    with torch.device("meta"):  # the trainable parts only: the backbone is rebuilt from its weights when scoring
+        model = ImageDMAD(nn.Module(), WIDE_RESNET50_CHANNELS,
+                          f"torchvision:{settings.backbone}:{PAPER_TORCHVISION_WEIGHTS}",
+                          settings.codebook_size, settings.offset_channels)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in official_image_state_to_ours(release).items()}
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as error:
+        raise ValueError(f"source={source}: does not fit the official image network: "
+                         f"{str(error).splitlines()[-1].strip()}") from None
+    data = save_checkpoint(model, settings)
+    storage.write_bytes(out, data)
+    notes = [f"scoring loads the encoder weights {settings.weights} (torchvision downloads them, or copy "
+             "wide_resnet50_2-95faca4d.pth into $TORCH_HOME/hub/checkpoints)",
+             "image score = max(map) + deform_weight * max(inverse-offset map) per image; the official evaluation "
+             "min-max normalises both over the test set and reports the better of two AUROCs "
+             "(see pipeline/detectors/dmad_image.py)"]
+    if cls is None:
+        notes.append(f"the file name does not say the MVTec class: deform_weight {settings.deform_weight}; the "
+                     f"official code uses 0.2 for {', '.join(sorted(GEOMETRIC_CLASSES))}")
+    return {"variant": "image", "mvtec_class": cls, "settings": settings.model_dump(mode="json"),
+            "version": checkpoint_version(data), "notes": notes}
+
+
 def infer_layout(state: dict[str, Tensor]) -> str:
     if state["bkg"].ndim == 4:
         return "shanghai"
@@ -114,12 +203,16 @@ def unpickle_in_subprocess(source: pathlib.Path) -> tuple[str | None, dict[str, 
 
 
 def convert(source: pathlib.Path, out: str, storage: Storage, *, trust_pickle: bool = False) -> dict[str, Any]:
-    """Convert a released DMAD video model (pickled ``convAE`` or its state_dict) to our checkpoint at ``out``."""
+    """Convert a released DMAD model to our checkpoint at ``out``: an image checkpoint (three state_dicts, read
+    without pickle code) or a video model (pickled ``convAE`` or its state_dict; needs ``trust_pickle``)."""
+    if not source.is_file():
+        raise ValueError(f"source={source}: expected the released .pth file")
+    release = read_image_release(source)
+    if release is not None:
+        return convert_image(source, release, out, storage)
     if not trust_pickle:
         raise ValueError("trust_pickle: the DMAD release is a pickled model object, which runs code when loaded; "
                          "convert it only if you trust the file (pass trust_pickle=True / --trust-pickle)")
-    if not source.is_file():
-        raise ValueError(f"source={source}: expected the released .pth file")
     layout, state = unpickle_in_subprocess(source)
     layout = layout or infer_layout(state)
     settings = official_settings(state, layout)
