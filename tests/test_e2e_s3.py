@@ -5,8 +5,7 @@ import io
 import mlflow
 import pyarrow.parquet as pq
 import pytest
-import s3fs
-from conftest import small_patchcore
+from conftest import s3_buckets, small_patchcore
 
 from pipeline.config import FitConfig, ScoreConfig
 from pipeline.demo_data import make_archive
@@ -16,11 +15,7 @@ from pipeline.score import run_score
 
 @pytest.fixture()
 def s3(s3_endpoint):
-    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_endpoint},
-                           skip_instance_cache=True)
-    for bucket in ("normal", "archive", "banks", "results"):
-        if not fs.exists(bucket):
-            fs.mkdir(bucket)
+    fs = s3_buckets(s3_endpoint, "normal", "archive", "banks", "results")
     return fs
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import s3fs
 import torch
+from conftest import s3_buckets
 
 from jobs import import_checkpoint as import_job
 from pipeline.config import ScoreConfig, StorageSettings
@@ -120,10 +120,7 @@ def test_import_job_logs_the_release_and_the_checkpoint_scores_through_jobs_scor
     assert run.data.params["source_sha256"] == "sha256:" + hashlib.sha256(SOURCE.read_bytes()).hexdigest()
 
     settings = StorageSettings(endpoint_url=s3_endpoint, key="testing", secret="testing")
-    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_endpoint},
-                           skip_instance_cache=True)
-    if not fs.exists("models"):
-        fs.mkdir("models")
+    s3_buckets(s3_endpoint, "models")
     storage = Storage(settings)
     storage.write_bytes("s3://models/aclip-tiny.pt", for_tiny_clip(local.read_bytes()))
     storage.write_bytes("s3://models/clip-openai.pt", openai_state_file(tmp_path).read_bytes())

@@ -5,12 +5,11 @@ as the official model does (references in tests/data/official/dmad)."""
 import os
 import sys
 import types
-from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 import torch
-import torchvision
+from conftest import seeded_torchvision_cache
 from test_official_dmad import DATA, official_state, official_windows
 from torch import nn
 
@@ -161,14 +160,9 @@ def official_image_release(seed: int) -> dict[str, dict[str, torch.Tensor]]:
 @pytest.fixture
 def seeded_torchvision_wide_resnet50(tmp_path, monkeypatch) -> nn.Module:
     """$TORCH_HOME holding a seeded wide_resnet50_2 under torchvision's IMAGENET1K_V1 file name (nothing downloads)."""
-    torch.manual_seed(5)
-    model = torchvision.models.wide_resnet50_2(weights=None)
-    url = torchvision.models.Wide_ResNet50_2_Weights.IMAGENET1K_V1.url
-    checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    torch.save(model.state_dict(), checkpoints / os.path.basename(urlparse(url).path))
+    model = seeded_torchvision_cache(tmp_path / "torch-home", "wide_resnet50_2", 5)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    return model.eval()
+    return model
 
 
 def test_the_synthetic_image_release_has_the_official_names():

@@ -8,9 +8,9 @@ import mlflow
 import numpy as np
 import open_clip
 import pytest
-import s3fs
 import torch
 import torch.nn.functional as F
+from conftest import s3_buckets
 
 from jobs import import_checkpoint as import_job
 from pipeline.config import ScoreConfig, StorageSettings
@@ -118,10 +118,7 @@ def test_import_job_converts_and_logs_to_mlflow(tmp_path):
 def test_imported_checkpoint_scores_through_the_job_on_s3(ray_runtime, dataset, s3_endpoint, tmp_path):
     """convert to s3://, then jobs.score --model s3://... --prompts s3://.../candle.pt (a released few-shot file)."""
     settings = StorageSettings(endpoint_url=s3_endpoint, key="testing", secret="testing")
-    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_endpoint},
-                           skip_instance_cache=True)
-    if not fs.exists("models"):
-        fs.mkdir("models")
+    fs = s3_buckets(s3_endpoint, "models")
     torch.save({"epoch": 10, "model_state": released_state(), "cfg": "TEST:\n  ENABLE: true\n"},
                tmp_path / "checkpoint.pyth")  # the official save_checkpoint container
     storage = Storage(settings)

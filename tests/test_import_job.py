@@ -6,8 +6,8 @@ import json
 import shutil
 
 import mlflow
-import s3fs
 import torch
+from conftest import s3_buckets
 from test_import_patchcore import released_folder, seeded_torchvision_resnet18  # noqa: F401 (a fixture)
 
 from jobs import import_checkpoint as import_job
@@ -16,9 +16,7 @@ from pipeline.import_checkpoint import source_sha256
 
 def test_a_release_folder_on_s3_becomes_a_bank_on_s3_logged_with_its_sha256(
         tmp_path, s3_endpoint, seeded_torchvision_resnet18):  # noqa: F811
-    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_endpoint},
-                           skip_instance_cache=True)
-    fs.mkdir("releases")
+    fs = s3_buckets(s3_endpoint, "releases")
     local = released_folder(tmp_path / "mvtec_bottle")
     fs.put(str(local), "releases/patchcore/mvtec_bottle", recursive=True)
     tracking = f"sqlite:///{tmp_path}/mlflow.db"

@@ -7,14 +7,12 @@ import json
 import os
 import pickle
 from pathlib import Path
-from urllib.parse import urlparse
 
 import faiss
 import numpy as np
 import pytest
-import s3fs
 import torch
-import torchvision
+from conftest import s3_buckets, seeded_torchvision_cache
 
 from pipeline.config import StorageSettings
 from pipeline.detectors.patchcore import PatchCoreDetector
@@ -41,14 +39,9 @@ def released_folder(folder: Path, backbone: str = "resnet18", side: int = 64, em
 @pytest.fixture()
 def seeded_torchvision_resnet18(tmp_path, monkeypatch) -> torch.nn.Module:
     """$TORCH_HOME holding a seeded resnet18 under torchvision's IMAGENET1K_V1 file name (nothing downloads)."""
-    torch.manual_seed(3)
-    model = torchvision.models.resnet18(weights=None)
-    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
-    checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    torch.save(model.state_dict(), checkpoints / os.path.basename(urlparse(url).path))
+    model = seeded_torchvision_cache(tmp_path / "torch-home", "resnet18", 3)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    return model.eval()
+    return model
 
 
 def test_imported_bank_scores_with_the_official_rule_and_the_shifted_backbone(tmp_path, seeded_torchvision_resnet18):
@@ -152,10 +145,7 @@ def test_ensembles_and_approximate_indexes_are_refused(tmp_path):
 
 
 def test_import_to_s3_and_score_from_there(tmp_path, s3_endpoint, seeded_torchvision_resnet18):
-    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_endpoint},
-                           skip_instance_cache=True)
-    if not fs.exists("pc-import"):
-        fs.mkdir("pc-import")
+    s3_buckets(s3_endpoint, "pc-import")
     storage = Storage(StorageSettings(endpoint_url=s3_endpoint))
     applied = convert(released_folder(tmp_path / "src", patchsize=5, num_nn=1), "s3://pc-import/bank", storage)
     detector = PatchCoreDetector.load(storage, "s3://pc-import/bank")

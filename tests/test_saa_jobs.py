@@ -10,9 +10,8 @@ import mlflow
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import s3fs
 import yaml
-from conftest import free_port  # noqa: F401 - keeps conftest's environment set-up
+from conftest import free_port, s3_buckets  # noqa: F401 - keeps conftest's environment set-up
 
 from jobs import score
 from pipeline.config import ConfigError, ScoreConfig, StorageSettings
@@ -71,11 +70,7 @@ def test_score_images_and_a_video_through_the_cli_on_local_ray(ray_runtime, data
 
 @pytest.fixture()
 def s3(s3_endpoint):
-    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_endpoint},
-                           skip_instance_cache=True)
-    for bucket in ("weights", "configs", "archive", "results"):
-        if not fs.exists(bucket):
-            fs.mkdir(bucket)
+    fs = s3_buckets(s3_endpoint, "weights", "configs", "archive", "results")
     return fs
 
 
