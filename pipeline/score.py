@@ -244,6 +244,29 @@ def _read_json(storage: Storage, uri: str) -> dict[str, Any] | None:
         return None
 
 
+def plan_run(storage: Storage, cfg: ScoreConfig, run_id: str, model_uri: str
+             ) -> tuple[Listing, list[WorkUnit], dict[str, dict[str, Any]]]:
+    """The driver's planning: list the input, cut it into units, record the run's manifest, and find
+    the units an earlier attempt completed (their counts by unit id)."""
+    listing = list_inputs(storage, cfg.input)
+    if not (listing.images or listing.tars or listing.videos or listing.skipped):
+        raise ConfigError(f"input={cfg.input}: no files found (nothing to score)")
+    n_buckets = _open_manifest(storage, cfg, run_id, model_uri)
+    units, n_buckets = plan_units(listing, cfg.images_per_unit, n_buckets)
+    units += plan_video_units(storage, listing.videos, cfg.video)
+    storage.write_bytes(join(cfg.output, run_id, "run.json"), json.dumps({
+        "run_id": run_id, "input": cfg.input, "model_uri": model_uri, "detector": cfg.detector,
+        "n_buckets": n_buckets, "config": cfg.model_dump(exclude={"storage": {"key", "secret"}}),
+    }, indent=2, default=str).encode())
+
+    done: dict[str, dict[str, Any]] = {}
+    for unit in units:
+        marker = sinks.read_marker(storage, sinks.marker_uri(cfg.output, run_id, unit.unit_id))
+        if marker and marker.get("fingerprint") == unit.fingerprint():
+            done[unit.unit_id] = marker["counts"]
+    return listing, units, done
+
+
 def _score_units(cfg: ScoreConfig, storage: Storage, run_id: str, model: ModelRef, todo: list[WorkUnit],
                  totals: dict[str, float], local: bool) -> tuple[list[str], float, float]:
     """Run ``todo`` on the worker pool; add their counts to ``totals``. Returns the failed unit ids,
@@ -285,22 +308,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     run_uri = join(cfg.output, run_id)
     log.info("run %s: input %s, output %s", run_id, cfg.input, run_uri)
 
-    listing = list_inputs(storage, cfg.input)
-    if not (listing.images or listing.tars or listing.videos or listing.skipped):
-        raise ConfigError(f"input={cfg.input}: no files found (nothing to score)")
-    n_buckets = _open_manifest(storage, cfg, run_id, model.uri)
-    units, n_buckets = plan_units(listing, cfg.images_per_unit, n_buckets)
-    units += plan_video_units(storage, listing.videos, cfg.video)
-    storage.write_bytes(join(run_uri, "run.json"), json.dumps({
-        "run_id": run_id, "input": cfg.input, "model_uri": model.uri, "detector": cfg.detector,
-        "n_buckets": n_buckets, "config": cfg.model_dump(exclude={"storage": {"key", "secret"}}),
-    }, indent=2, default=str).encode())
-
-    done: dict[str, dict[str, Any]] = {}
-    for unit in units:
-        marker = sinks.read_marker(storage, sinks.marker_uri(cfg.output, run_id, unit.unit_id))
-        if marker and marker.get("fingerprint") == unit.fingerprint():
-            done[unit.unit_id] = marker["counts"]
+    listing, units, done = plan_run(storage, cfg, run_id, model.uri)
     todo = [u for u in units if u.unit_id not in done]
     log.info("%d work units: %d to score, %d complete from an earlier attempt", len(units), len(todo), len(done))
 

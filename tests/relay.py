@@ -5,6 +5,10 @@ Relay modes: ``forward`` passes bytes both ways; ``refuse`` stops listening (con
 ``reset`` accepts and resets each connection at once; ``503`` answers every request with
 ``HTTP/1.1 503 Service Unavailable`` (an S3 ``SlowDown``). Leaving ``forward`` cuts the
 connections already open, as a restarting server does, so pooled keep-alive connections die too.
+
+``delay_s`` plays a distant server: each request waits that long before it is passed on (a request
+is what the client sends after the server last answered, so a PUT that waits for ``100 Continue``
+pays it twice, as it pays two round trips to a real endpoint).
 """
 
 from __future__ import annotations
@@ -40,9 +44,10 @@ def _cut(sock: socket.socket) -> None:
 
 
 class Relay:
-    def __init__(self, target_host: str, target_port: int):
+    def __init__(self, target_host: str, target_port: int, delay_s: float = 0.0):
         self.target = (target_host, target_port)
         self.mode = "forward"
+        self.delay_s = delay_s
         self.answered_503 = 0  # requests answered in 503 mode: counts the client's attempts
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -135,12 +140,20 @@ class Relay:
                 upstream.close()
                 return
             self._open.update((client, upstream))
-        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-        self._pump(client, upstream)
+        answered = threading.Event()  # set: the server spoke last, so the client's next bytes are a new request
+        answered.set()
+        threading.Thread(target=self._pump, args=(upstream, client, answered, False), daemon=True).start()
+        self._pump(client, upstream, answered, True)
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, answered: threading.Event, requests: bool) -> None:
         try:
             while data := src.recv(65536):
+                if not requests:
+                    answered.set()
+                elif answered.is_set():
+                    answered.clear()
+                    if self.delay_s:
+                        time.sleep(self.delay_s)
                 dst.sendall(data)
         except OSError:
             pass
