@@ -79,7 +79,7 @@ def _decode_raw(raw: RawItem, decode: DecodeSettings) -> Decoded | Failed:
 def _iter_decoded(storage: Storage, unit: WorkUnit, decode: DecodeSettings, threads: int = 1
                   ) -> Iterator[Decoded | Failed]:
     """Decoded inputs and failures, in input order; a :class:`TransientStorageError` propagates (the
-    unit fails whole). Images decode on ``threads`` threads; reading stays sequential."""
+    unit fails whole). Images are read concurrently (see :meth:`Storage.read_many`) and decode on ``threads`` threads."""
     if unit.video is not None:
         return _iter_video(storage, unit)
     return ordered_map(lambda raw: _decode_raw(raw, decode), iter_unit_items(storage, unit, decode), threads)

@@ -20,6 +20,7 @@ default 3 attempts, 127.5 s for the maximum of 20.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import functools
 import http.client
@@ -31,7 +32,8 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
@@ -53,6 +55,7 @@ _LOCAL_TRANSIENT_ERRNOS = (errno.EINTR, errno.EAGAIN)
 _THROTTLING_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "TooManyRequestsException",
                                "RequestLimitExceeded", "RequestThrottled", "RequestTimeout", "ServiceUnavailable",
                                "InternalError"})
+_LOCAL_READ_THREADS = 16  # local reads are blocking calls: a pool of this many threads overlaps them
 _FILE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
                (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
 
@@ -180,6 +183,18 @@ def _nearest_existing(path: str) -> str:
     return path
 
 
+async def _cat_head(fs: Any, path: str, size: int) -> bytes:
+    """The first ``size`` bytes of an S3 object in one ranged GET (s3fs would send a HEAD first for a
+    whole object). S3 answers a range on an empty object with 416, which here means "no bytes"."""
+    try:
+        return await fs._cat_file(path, start=0, end=size)
+    except OSError as exc:
+        response = _client_error_response(exc)
+        if response is not None and response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
+            return b""
+        raise
+
+
 class _Reader:
     """A file open for reading whose ``read`` goes through :meth:`Storage._call`: a transient failure
     half-way through an object is retried, then raised as :class:`TransientStorageError`. A failed
@@ -256,6 +271,84 @@ class Storage:
         with self.open_read(uri) as fh:
             return fh.read()
 
+    def read_many(self, uris: Sequence[str], limit: int) -> Iterator[bytes | StorageError]:
+        """The first ``limit + 1`` bytes of each object of ``uris``, in input order, read concurrently.
+
+        At most ``storage.max_concurrency`` reads are in flight, and a read starts only while the bytes
+        held (read, not yet consumed) plus the expected size of those in flight stay under
+        ``storage.max_inflight_mb`` (one read always may), so memory stays flat however many ``uris``.
+        S3 objects are fetched with s3fs's async API on its event loop (one ranged GET each, no HEAD);
+        local files are read on a thread pool. Each read has :meth:`_call`'s retry budget. A failed read
+        is yielded as its :class:`StorageError` (a :class:`TransientStorageError` when storage, not the
+        object, failed) in its place; the others go on.
+        """
+        if not uris:
+            return
+        if self.is_remote(uris[0]):
+            fs = self._fs_for(uris[0])[0]
+            deadline = READ_TIMEOUT_S + (limit + 1) / MIN_WRITE_BYTES_PER_S
+
+            def start(uri: str) -> concurrent.futures.Future:
+                coro = self._acall(uri, _cat_head, fs, uri[len("s3://"):], limit + 1, timeout=deadline)
+                return asyncio.run_coroutine_threadsafe(coro, fs.loop)
+
+            yield from self._windowed(uris, start)
+        else:
+            with concurrent.futures.ThreadPoolExecutor(min(_LOCAL_READ_THREADS, self.settings.max_concurrency),
+                                                       thread_name_prefix="read") as pool:
+                yield from self._windowed(uris, lambda uri: pool.submit(self._read_local_head, uri, limit))
+
+    def _read_local_head(self, uri: str, limit: int) -> bytes:
+        with self.open_read(uri) as fh:
+            return fh.read(limit + 1)
+
+    def _windowed(self, uris: Sequence[str], start: Callable[[str], concurrent.futures.Future]
+                  ) -> Iterator[bytes | StorageError]:
+        """Start reads as the concurrency and byte budgets allow; yield their results in order."""
+        budget = self.settings.max_inflight_mb * 2**20
+        window: deque[concurrent.futures.Future] = deque()
+        pending = iter(uris)
+        done_bytes = done_count = 0
+        exhausted = False
+
+        def top_up() -> None:
+            nonlocal exhausted
+            while not exhausted:
+                running = sum(not f.done() for f in window)
+                held = sum(len(f.result()) for f in window if f.done() and f.exception() is None)
+                expected = done_bytes / done_count if done_count else 0.0
+                if window and (running >= self.settings.max_concurrency or held + running * expected >= budget):
+                    return
+                uri = next(pending, None)
+                if uri is None:
+                    exhausted = True
+                    return
+                window.append(start(uri))
+
+        try:
+            while True:
+                top_up()
+                if not window:
+                    return
+                head = window[0]
+                while not head.done():
+                    concurrent.futures.wait([f for f in window if not f.done()],
+                                            return_when=concurrent.futures.FIRST_COMPLETED)
+                    top_up()
+                window.popleft()
+                error = head.exception()
+                if error is None:
+                    data = head.result()
+                    done_bytes, done_count = done_bytes + len(data), done_count + 1
+                    yield data
+                elif isinstance(error, StorageError):
+                    yield error
+                else:
+                    raise error
+        finally:
+            for future in window:
+                future.cancel()
+
     def open_read(self, uri: str) -> _Reader:
         """A binary file object (read, seek, tell; a context manager) over the object at ``uri``."""
         fs, path = self._fs_for(uri)
@@ -318,19 +411,35 @@ class Storage:
     def _call(self, uri: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` with transient failures retried (see the module docstring) and every
         failure raised as a one-line :class:`StorageError` naming ``uri``."""
-        attempts, attempt = self.settings.max_attempts, 0
+        attempt = 0
         while True:
             attempt += 1
             try:
                 return fn(*args, **kwargs)
-            except StorageError:
-                raise
-            except FileNotFoundError as exc:
-                raise StorageError(f"{uri}: not found") from exc
             except Exception as exc:  # noqa: BLE001 - s3fs/botocore/aiohttp raise many unrelated types
-                if not self._is_transient(uri, exc):
-                    raise StorageError(f"{uri}: {_one_line(exc)}") from exc
-                if attempt == attempts:
-                    raise TransientStorageError(
-                        f"{uri}: storage failed {attempts} time(s), giving up: {_one_line(exc)}") from exc
+                self._raise_unless_retried(uri, exc, attempt)
             time.sleep(backoff_s(attempt))
+
+    async def _acall(self, uri: str, fn: Callable[..., Any], *args: Any, timeout: float, **kwargs: Any) -> Any:
+        """:meth:`_call` for a coroutine function on the filesystem's event loop: the same retry budget,
+        and each try abandoned (a transient failure) after ``timeout`` seconds."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await asyncio.wait_for(fn(*args, **kwargs), timeout)
+            except Exception as exc:  # noqa: BLE001 - as in _call
+                self._raise_unless_retried(uri, exc, attempt)
+            await asyncio.sleep(backoff_s(attempt))
+
+    def _raise_unless_retried(self, uri: str, exc: Exception, attempt: int) -> None:
+        """Raise ``exc`` as a :class:`StorageError` unless it is transient and tries are left."""
+        if isinstance(exc, StorageError):
+            raise exc
+        if isinstance(exc, FileNotFoundError):
+            raise StorageError(f"{uri}: not found") from exc
+        if not self._is_transient(uri, exc):
+            raise StorageError(f"{uri}: {_one_line(exc)}") from exc
+        if attempt >= self.settings.max_attempts:
+            raise TransientStorageError(
+                f"{uri}: storage failed {attempt} time(s), giving up: {_one_line(exc)}") from exc
