@@ -1,7 +1,9 @@
 import pytest
 
-from pipeline.config import ConfigError, FitConfig, ScoreConfig, load_config
-from pipeline.io.storage import Storage, StorageError
+from pipeline.errors import ConfigError
+from pipeline.config import FitConfig, ScoreConfig, load_config
+from pipeline.io.storage import Storage
+from pipeline.errors import StorageError
 
 
 def test_flags_override_yaml_and_errors_name_the_setting(tmp_path):

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import PatchCoreSettings, StorageSettings
+from pipeline.detectors.patchcore.settings import PatchCoreSettings
+from pipeline.config import StorageSettings
 from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder
 from pipeline.features.preprocess import Preprocess, gaussian_blur
 from pipeline.io.storage import Storage

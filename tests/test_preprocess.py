@@ -6,7 +6,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from pipeline.config import PatchCoreSettings
+from pipeline.detectors.patchcore.settings import PatchCoreSettings
 from pipeline.detectors.patchcore import preprocess_of
 from pipeline.features.preprocess import Preprocess
 
