@@ -7,7 +7,15 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from pipeline.config import StorageSettings
-from pipeline.detectors.anomalyclip import AnomalyCLIPDetector, anomalyclip_losses, build_prompts, encode_image, load_checkpoint, save_checkpoint, train_anomalyclip
+from pipeline.detectors.anomalyclip import (
+    AnomalyCLIPDetector,
+    anomalyclip_losses,
+    build_prompts,
+    encode_image,
+    load_checkpoint,
+    save_checkpoint,
+    train_anomalyclip,
+)
 from pipeline.detectors.anomalyclip.settings import AnomalyCLIPSettings
 from pipeline.errors import ClipWeightsError
 from pipeline.features.clip import load_clip, normalize, tokenizer

@@ -1,9 +1,8 @@
 import pytest
 
-from pipeline.errors import ConfigError
 from pipeline.config import FitConfig, ScoreConfig, load_config
+from pipeline.errors import ConfigError, StorageError
 from pipeline.io.storage import Storage
-from pipeline.errors import StorageError
 
 
 def test_flags_override_yaml_and_errors_name_the_setting(tmp_path):

@@ -7,10 +7,17 @@ import torch
 from pydantic import ValidationError
 
 from pipeline.config import StorageSettings
-from pipeline.detectors.dmad import DMADDetector, build_model, clip_windows, load_checkpoint, save_checkpoint, train_dmad, video_frame_scores
-from pipeline.detectors.dmad.settings import DMADSettings
+from pipeline.detectors.dmad import (
+    DMADDetector,
+    build_model,
+    clip_windows,
+    load_checkpoint,
+    save_checkpoint,
+    train_dmad,
+    video_frame_scores,
+)
 from pipeline.detectors.dmad.image_model import VectorQuantizer, identity_grid, sample
-from pipeline.detectors.dmad.settings import OFFICIAL_ALPHA
+from pipeline.detectors.dmad.settings import OFFICIAL_ALPHA, DMADSettings
 from pipeline.detectors.dmad.video_model import frame_scores, scene_of, to_model_space
 from pipeline.io.storage import Storage
 

@@ -68,8 +68,8 @@ def evaluate(run: Path, *labels: str, extra=()) -> tuple[int, dict]:
 
 
 def expected(dataset: Path, run: Path):
-    from pipeline.results.sink import ROW_SCHEMA  # noqa: F401 - the run is read back through the schema
     from pipeline.results.rows import read_rows
+    from pipeline.results.sink import ROW_SCHEMA  # noqa: F401 - the run is read back through the schema
 
     rows = [r for r in read_rows(sinks_storage(), str(run), columns=None) if r["status"] == "ok"
             and r["frame_index"] is None]

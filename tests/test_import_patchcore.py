@@ -154,9 +154,9 @@ def test_import_to_s3_and_score_from_there(tmp_path, s3_endpoint, seeded_torchvi
 
 
 def test_an_imported_bank_cannot_be_extended_by_our_fit(tmp_path, dataset):
-    from pipeline.errors import ConfigError
     from pipeline.config import FitConfig
     from pipeline.detectors.patchcore.fit import run_fit
+    from pipeline.errors import ConfigError
 
     convert(released_folder(tmp_path / "src"), str(tmp_path / "bank"), STORAGE)
     cfg = FitConfig(normal=str(dataset / "train" / "good"), bank=str(tmp_path / "bank"), update_from="latest",

@@ -7,7 +7,18 @@ import torch
 from pydantic import ValidationError
 
 from pipeline.config import StorageSettings
-from pipeline.detectors.inctrl import InCTRLDetector, build_heads, choose_prompts, encode_images, group_prompts, inctrl_forward, load_checkpoint, save_checkpoint, text_features, train_inctrl
+from pipeline.detectors.inctrl import (
+    InCTRLDetector,
+    build_heads,
+    choose_prompts,
+    encode_images,
+    group_prompts,
+    inctrl_forward,
+    load_checkpoint,
+    save_checkpoint,
+    text_features,
+    train_inctrl,
+)
 from pipeline.detectors.inctrl.settings import InCTRLSettings
 from pipeline.features.clip import load_clip
 from pipeline.io.storage import Storage

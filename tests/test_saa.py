@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
 from pipeline.config import ScoreConfig, StorageSettings, load_config
 from pipeline.detectors.saa.prompts import PromptSet, load_prompts, packaged_text
 from pipeline.detectors.saa.stages import (
@@ -22,6 +21,7 @@ from pipeline.detectors.saa.stages import (
     single_instance_saliency,
     top_k,
 )
+from pipeline.errors import ConfigError
 from pipeline.io.storage import Storage
 
 ROOT = Path(__file__).parent.parent

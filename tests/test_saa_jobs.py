@@ -14,13 +14,13 @@ import yaml
 from conftest import free_port, s3_buckets  # noqa: F401 - keeps conftest's environment set-up
 
 from jobs import score
-from pipeline.errors import ConfigError
 from pipeline.config import ScoreConfig, StorageSettings
 from pipeline.demo_data import make_video
 from pipeline.detectors.saa.prompts import load_prompts, packaged_text
+from pipeline.errors import ConfigError
 from pipeline.io.storage import Storage
-from pipeline.score import run_score
 from pipeline.results.rows import read_rows
+from pipeline.score import run_score
 
 FAST = {"saliency_backbone": "resnet18", "saliency_size": 64}
 
