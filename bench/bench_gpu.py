@@ -5,7 +5,7 @@
 Writes N real JPEG files (256 px), then drives the library directly (no Ray): decode (PIL on a
 thread pool; on CUDA also ``torchvision.io.decode_jpeg`` on the GPU), PatchCore features
 (``PatchEmbedder``, bf16 autocast on CUDA), the device coreset, the device kNN, maps (upsample +
-Gaussian) and PNG heatmaps, and prints images/s per stage and end to end. Then it times greedy
+Gaussian) and JPEG heatmap overlays (rendered on the device), and prints images/s per stage and end to end. Then it times greedy
 k-center on P x 128 random points with the numpy loop and the torch loop on the device and
 checks that both select the same points. It imports only torch, torchvision, numpy, PIL and
 the library modules it measures, so it runs on a bare GPU host. Random weights: speed only.
@@ -32,12 +32,12 @@ from pipeline.features.backbones import build_backbone  # noqa: E402
 from pipeline.features.patch_embedding import PatchEmbedder  # noqa: E402
 from pipeline.features.preprocess import Preprocess, gaussian_blur  # noqa: E402
 from pipeline.io.decode import decode_image  # noqa: E402
-from pipeline.io.heatmaps import overlay_png  # noqa: E402
 from pipeline.io.prefetch import ordered_map, prefetched, to_device  # noqa: E402
 from pipeline.memory_bank.coreset import greedy_kcenter, random_projection  # noqa: E402
 from pipeline.memory_bank.device_coreset import greedy_kcenter_torch  # noqa: E402
 from pipeline.memory_bank.device_knn import DeviceKNN  # noqa: E402
 from pipeline.memory_bank.merge import select_coreset  # noqa: E402
+from pipeline.results.heatmaps import render_overlays  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / ".work"
 
@@ -168,8 +168,8 @@ def run(args: argparse.Namespace) -> None:
         scores, maps = score_batch(embedder, knn, to_device(images, device), stages, device)
         t = time.perf_counter()
         if host is not None:
-            for rgb, m in zip(host, maps, strict=True):
-                out.write(overlay_png(rgb, m, float(scores.max())))
+            for data in render_overlays(list(host), list(maps), [float(scores.max())] * len(host), device=device):
+                out.write(data)
         stages["writing"] += time.perf_counter() - t
         start = time.perf_counter()
     for name, seconds in stages.items():
@@ -213,7 +213,7 @@ def main() -> None:
     parser.add_argument("--coreset-points", type=int, help="default: 200000 cuda, 50000 cpu")
     parser.add_argument("--threads", type=int, help="decode threads (default: all cores)")
     parser.add_argument("--heatmaps", action=argparse.BooleanOptionalAction, default=True,
-                        help="encode a PNG overlay per image in the stage-by-stage pass")
+                        help="render and encode a JPEG overlay per image in the stage-by-stage pass")
     args = parser.parse_args()
     gpu = args.device == "cuda"
     args.images = args.images or (2000 if gpu else 200)

@@ -1,11 +1,12 @@
 """Heatmap overlays: ms per image and bytes per image, the renderer against the PNG overlay it replaced.
 
-    python bench/bench_overlay.py [--images photo,texture] [--sizes 256,1024] [--batch 16] [--repeats 5] [--device cpu|cuda]
+    python bench/bench_overlay.py [--images photo,texture] [--sizes 256,1024] [--batch 16] [--repeats 5]
+                                  [--device cpu|cuda]
 
 Images: a photograph and the demo data's grainy texture, each at every side in ``--sizes``, with a
-smooth 64x64 anomaly map (as a PatchCore map before it is resized). "before" is the overlay the product wrote until December 2026
-(numpy ramp by fancy indexing, float blend, PIL PNG at compress level 1), copied here as the
-baseline; "now" is ``pipeline.io.heatmaps.render_overlays`` on ``--device`` in batches of ``--batch``,
+smooth 64x64 anomaly map (as a PatchCore map before it is resized). "before" is the overlay the product
+wrote until December 2026 (numpy ramp by fancy indexing, float blend, PIL PNG at compress level 1), copied
+here as the baseline; "now" is ``pipeline.results.heatmaps.render_overlays`` on ``--device`` in batches of ``--batch``,
 in each format at its default quality. Runs alternate in ABBA order (before, now, now, before, ...);
 reported: median ms per image (min-max over the runs) and bytes per image, and now/before per ABBA
 block for JPEG (the default format).
@@ -26,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.io.heatmaps import colorize, render_overlays  # noqa: E402
+from pipeline.results.heatmaps import colorize, render_overlays  # noqa: E402
 
 
 def overlay_png_before(rgb: np.ndarray, amap: np.ndarray, scale: float, max_side: int = 1024) -> bytes:
@@ -121,7 +122,8 @@ def main() -> None:
         for name, values in runs.items():
             spread = f"{statistics.median(values):8.2f} ({min(values):.2f}-{max(values):.2f})"
             print(f"{kind + ' ' + str(side):<12} {name:<12} {spread:>28} {sizes[name] / 1024:>10.1f}")
-        print(f"{kind + ' ' + str(side):<12} now jpeg / before png, per ABBA block: median {statistics.median(ratios):.3f} "
+        print(f"{kind + ' ' + str(side):<12} now jpeg / before png, per ABBA block: "
+              f"median {statistics.median(ratios):.3f} "
               f"({min(ratios):.3f}-{max(ratios):.3f})")
     print(load.report())
 

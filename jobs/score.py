@@ -30,6 +30,7 @@ FLAGS = [
     Flag("--product", "saa.product", "NAME"),
     Flag("--threshold", "threshold"),
     Flag("--heatmaps", "heatmaps"),
+    Flag("--heatmap-format", "overlay.format"),
     Flag("--maps", "maps"),
     Flag("--frame-stride", "video.frame_stride"),
     Flag("--fps", "video.fps"),

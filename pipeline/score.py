@@ -8,7 +8,6 @@ other part, so there are never duplicates and never gaps.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import time
@@ -17,12 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError, ScoreConfig
+from pipeline.config import ScoreConfig
 from pipeline.detectors.base import Detector, ModelRef
-from pipeline.detectors.dmad import DMADDetector, video_frame_scores
 from pipeline.detectors.registry import DETECTORS, load_attr
-from pipeline.errors import RunIncomplete
-from pipeline.io import heatmaps, sinks
+from pipeline.errors import ConfigError, RunIncomplete, StorageError
+from pipeline.evaluation.segments import summarize_videos
 from pipeline.io.batches import Decoded, Failed, iter_batches
 from pipeline.io.prefetch import prefetched, to_device
 from pipeline.io.sources import (
@@ -33,8 +31,10 @@ from pipeline.io.sources import (
     plan_units,
     plan_video_units,
 )
-from pipeline.io.storage import Storage, StorageError, join
+from pipeline.io.storage import Storage
+from pipeline.io.uploads import Uploader
 from pipeline.progress import Progress
+from pipeline.results import RunLayout, heatmap_key, heatmaps, read_rows, sink
 from pipeline.runtime import (
     WorkerPool,
     decode_threads,
@@ -44,7 +44,6 @@ from pipeline.runtime import (
     start_error_line,
 )
 from pipeline.tracking import check_tracking, flatten, start_run
-from pipeline.video_summary import read_rows, summarize_videos
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,9 @@ class ScoreWorker:
 
     def __init__(self, cfg: ScoreConfig, run_id: str, model: ModelRef):
         self.cfg, self.run_id = cfg, run_id
+        self.layout = RunLayout.of(cfg.output, run_id)
         self.storage = Storage(cfg.storage)
+        self.uploads = Uploader(self.storage)
         self.device = setup_worker_threads(cfg.runtime)
         self.threads = decode_threads(cfg.runtime)
         self.detector = load_detector(cfg, self.storage, model, self.device)
@@ -79,15 +80,16 @@ class ScoreWorker:
     def ready(self) -> str:
         return self.detector.version
 
-    def _sequence_model(self) -> bool:
-        det = self.detector
-        return isinstance(det, DMADDetector) and det.settings.variant == "video"
-
     def score_unit(self, unit: WorkUnit) -> dict[str, Any]:
-        cfg, det = self.cfg, self.detector
-        if self._sequence_model():
-            rows = self._score_clip_unit(unit)
+        try:
+            rows = self._score_clip_unit(unit) if self.detector.context_frames else self._score_images(unit)
             return self._finish(unit, rows)
+        except BaseException:
+            self.uploads.abandon()  # the unit failed: its writes in flight must not count for the next unit
+            raise
+
+    def _score_images(self, unit: WorkUnit) -> list[dict[str, Any]]:
+        cfg, det = self.cfg, self.detector
         rows: list[dict[str, Any]] = []
         batches = iter_batches(self.storage, unit, cfg.decode, det.preprocess, cfg.batch_size, self.threads)
         for batch in prefetched(batches):  # the next batch decodes while this one is scored
@@ -97,51 +99,53 @@ class ScoreWorker:
             start = time.perf_counter()
             result = det.score(to_device(batch.tensor, self.device))
             per_image_ms = (time.perf_counter() - start) * 1e3 / len(batch.items)
-            for i, item in enumerate(batch.items):
-                score = float(result.scores[i])
-                anomalous = None if self.threshold is None else score > self.threshold
-                amap = result.maps[i] if result.maps is not None else None
-                rows.append(self._ok_row(unit, item, score, anomalous, amap, item.decode_ms + per_image_ms))
-        return self._finish(unit, rows)
+            maps = list(result.maps) if result.maps is not None else [None] * len(batch.items)
+            rows += self._ok_rows(unit, batch.items, [float(s) for s in result.scores[:len(batch.items)]], maps,
+                                  [item.decode_ms + per_image_ms for item in batch.items])
+        return rows
 
-    def _ok_row(self, unit: WorkUnit, item: Decoded, score: float, anomalous: bool | None,
-                amap: np.ndarray | None, latency: float) -> dict[str, Any]:
+    def _ok_rows(self, unit: WorkUnit, items: list[Decoded], scores: list[float], maps: list[np.ndarray | None],
+                 latencies: list[float]) -> list[dict[str, Any]]:
+        """Rows of scored inputs; their overlays are rendered as one batch on the worker's device, and they
+        and the raw maps are handed to the uploader (stored before the unit's marker, see ``_finish``)."""
         cfg, det = self.cfg, self.detector
-        heatmap_uri = None
-        if amap is not None:
-            amap = det.preprocess.uncrop(amap)  # in step with the whole input, not just the scored crop
         policy = cfg.video.heatmaps if unit.video else cfg.heatmaps
-        if amap is not None and (policy == "all" or (policy == "anomalous" and anomalous)):
-            heatmap_uri = join(cfg.output, self.run_id, "heatmaps", unit.unit_id,
-                               sinks.heatmap_key(item.source_uri, item.member_index, item.frame_index) + ".png")
-            scale = self.threshold or float(amap.max())
-            self.storage.write_bytes(heatmap_uri, heatmaps.overlay_png(item.rgb, amap, scale))
-        map_uri = None
-        if amap is not None and cfg.maps:  # the raw map at the scored resolution, for pixel metrics
-            map_uri = join(cfg.output, self.run_id, "heatmaps", unit.unit_id,
-                           sinks.heatmap_key(item.source_uri, item.member_index, item.frame_index) + ".npy")
-            buffer = io.BytesIO()
-            np.save(buffer, np.asarray(amap, dtype=np.float16), allow_pickle=False)
-            self.storage.write_bytes(map_uri, buffer.getvalue())
-        return _row(self.run_id, unit, det.name, det.version, source_uri=item.source_uri, member=item.member,
-                    member_index=item.member_index, frame_index=item.frame_index, timestamp_s=item.timestamp_s,
-                    width=item.rgb.shape[1], height=item.rgb.shape[0], score=score, is_anomaly=anomalous,
-                    threshold=self.threshold, heatmap_uri=heatmap_uri, status="ok", latency_ms=latency,
-                    map_uri=map_uri)
+        suffix = heatmaps.EXTENSIONS[cfg.overlay.format]
+        rows, overlays = [], []
+        for item, score, amap, latency in zip(items, scores, maps, latencies, strict=True):
+            anomalous = None if self.threshold is None else score > self.threshold
+            key = heatmap_key(item.source_uri, item.member_index, item.frame_index)
+            heatmap_uri = map_uri = None
+            if amap is not None:
+                amap = det.preprocess.uncrop(amap)  # in step with the whole input, not just the scored crop
+                if policy == "all" or (policy == "anomalous" and anomalous):
+                    heatmap_uri = self.layout.heatmap(unit.unit_id, key, suffix)
+                    overlays.append((heatmap_uri, item.rgb, amap, self.threshold or float(amap.max())))
+                if cfg.maps:  # the raw map at the scored resolution, for pixel metrics
+                    map_uri = self.layout.heatmap(unit.unit_id, key, ".npy")
+                    self.uploads.put(map_uri, sink.encode_map(amap))
+            rows.append(_row(self.run_id, unit, det.name, det.version, source_uri=item.source_uri,
+                             member=item.member, member_index=item.member_index, frame_index=item.frame_index,
+                             timestamp_s=item.timestamp_s, width=item.rgb.shape[1], height=item.rgb.shape[0],
+                             score=score, is_anomaly=anomalous, threshold=self.threshold, heatmap_uri=heatmap_uri,
+                             status="ok", latency_ms=latency, map_uri=map_uri))
+        for start in range(0, len(overlays), cfg.batch_size):
+            chunk = overlays[start:start + cfg.batch_size]
+            encoded = heatmaps.render_overlays([o[1] for o in chunk], [o[2] for o in chunk], [o[3] for o in chunk],
+                                               cfg.overlay.format, cfg.overlay.quality, cfg.overlay.max_side,
+                                               self.device)
+            for (uri, *_), data in zip(chunk, encoded, strict=True):
+                self.uploads.put(uri, data)
+        return rows
 
     def _score_clip_unit(self, unit: WorkUnit) -> list[dict[str, Any]]:
-        """Sequence detectors (DMAD video) see the unit's frames as one clip, with the frames just
-        before the unit as context; scores are normalised over the unit (a video, unless it was split)."""
+        """Sequence detectors see the unit's frames as one clip, with the frames just before the unit as
+        context; scores are normalised over the unit (a video, unless it was split)."""
         det, cfg = self.detector, self.cfg
-        context = det.settings.in_frames
+        context = det.context_frames
         if unit.video is None:
-            reason = "the video variant of DMAD scores videos only; train --variant image for images"
+            reason = f"detector {det.name} is a sequence model with these settings: it scores videos only"
             return [self._error_row(unit, Failed(s, m, reason, member_index=i))
-                    for s, m, i in unit_input_keys(self.storage, self.cfg, unit)]
-        try:
-            scene = det.scene_of(unit.video)
-        except ValueError as exc:
-            return [self._error_row(unit, Failed(s, m, str(exc), member_index=i))
                     for s, m, i in unit_input_keys(self.storage, self.cfg, unit)]
         lead = max(0, unit.frame_start - context * unit.frame_stride)
         span = WorkUnit(unit.unit_id, video=unit.video, frame_start=lead, frame_end=unit.frame_end,
@@ -155,21 +159,25 @@ class ScoreWorker:
         if not items:
             return rows
         start = time.perf_counter()
-        parts = det.score_clip(torch.stack([t for _, t in items]), scene=scene) if len(items) > context else None
+        try:
+            result = det.score_sequence(torch.stack([t for _, t in items]), unit.video) \
+                if len(items) > context else None
+        except ValueError as exc:
+            return [self._error_row(unit, Failed(s, m, str(exc), member_index=i))
+                    for s, m, i in unit_input_keys(self.storage, self.cfg, unit)]
         per_frame_ms = (time.perf_counter() - start) * 1e3 / len(items)
-        scores = (video_frame_scores(parts, det.settings) if parts else [])
+        scored: list[tuple[Decoded, float, np.ndarray | None]] = []
         for i, (item, _) in enumerate(items):
             if item.frame_index < unit.frame_start:
                 continue  # context for the first predictions, scored by the previous unit
             if i < context:
                 rows.append(_row(self.run_id, unit, det.name, det.version, source_uri=item.source_uri,
                                  frame_index=item.frame_index, timestamp_s=item.timestamp_s, status="unscored",
-                                 error=f"DMAD predicts a frame from the {context} before it"))
+                                 error=f"{det.name} predicts a frame from the {context} before it"))
                 continue
-            score = float(scores[i - context])
-            anomalous = None if self.threshold is None else score > self.threshold
-            rows.append(self._ok_row(unit, item, score, anomalous, parts["maps"][i - context],
-                                     item.decode_ms + per_frame_ms))
+            scored.append((item, float(result.scores[i - context]), result.maps[i - context]))
+        rows += self._ok_rows(unit, [s[0] for s in scored], [s[1] for s in scored], [s[2] for s in scored],
+                              [s[0].decode_ms + per_frame_ms for s in scored])
         return rows
 
     def _error_row(self, unit: WorkUnit, failed: Failed) -> dict[str, Any]:
@@ -180,7 +188,6 @@ class ScoreWorker:
                     error=failed.error, threshold=self.threshold)
 
     def _finish(self, unit: WorkUnit, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        cfg = self.cfg
         counts = dict.fromkeys(COUNT_KEYS, 0)
         counts["n_rows"] = len(rows)
         counts["n_ok"] = sum(r["status"] == "ok" for r in rows)
@@ -189,9 +196,9 @@ class ScoreWorker:
         counts["n_anomalous"] = sum(bool(r.get("is_anomaly")) for r in rows)
         counts["n_heatmaps"] = sum(bool(r.get("heatmap_uri")) for r in rows)
         counts["latency_ms_sum"] = sum(r.get("latency_ms") or 0.0 for r in rows)
-        sinks.write_part(self.storage, sinks.part_uri(cfg.output, self.run_id, unit.unit_id), rows)
-        sinks.write_marker(self.storage, sinks.marker_uri(cfg.output, self.run_id, unit.unit_id),
-                           unit.fingerprint(), counts)
+        self.uploads.put(self.layout.part(unit.unit_id), sink.encode_part(rows))
+        self.uploads.wait()  # the part and every file its rows name are stored: only now the marker
+        sink.write_marker(self.storage, self.layout.marker(unit.unit_id), unit.fingerprint(), counts)
         return counts
 
 
@@ -217,7 +224,7 @@ def _failed_unit_rows(storage: Storage, cfg: ScoreConfig, run_id: str, unit: Wor
                  error=f"unit failed: {reason}") for s, m, i in unit_input_keys(storage, cfg, unit)]
     counts = dict.fromkeys(COUNT_KEYS, 0) | {"n_rows": len(rows), "n_errors": len(rows)}
     try:
-        sinks.write_part(storage, sinks.part_uri(cfg.output, run_id, unit.unit_id), rows)
+        sink.write_part(storage, RunLayout.of(cfg.output, run_id).part(unit.unit_id), rows)
     except StorageError as exc:
         log.warning("unit %s: could not write its error rows either (%s); a re-run retries it", unit.unit_id, exc)
         return dict.fromkeys(COUNT_KEYS, 0)
@@ -226,7 +233,7 @@ def _failed_unit_rows(storage: Storage, cfg: ScoreConfig, run_id: str, unit: Wor
 
 def _open_manifest(storage: Storage, cfg: ScoreConfig, run_id: str, model_uri: str) -> int | None:
     """Resume: the bucket count of an earlier attempt of this run; refuse a changed model or input."""
-    uri = join(cfg.output, run_id, "run.json")
+    uri = RunLayout.of(cfg.output, run_id).manifest
     if not storage.exists(uri):
         return None
     earlier = json.loads(storage.read_bytes(uri))
@@ -254,14 +261,14 @@ def plan_run(storage: Storage, cfg: ScoreConfig, run_id: str, model_uri: str
     n_buckets = _open_manifest(storage, cfg, run_id, model_uri)
     units, n_buckets = plan_units(listing, cfg.images_per_unit, n_buckets)
     units += plan_video_units(storage, listing.videos, cfg.video)
-    storage.write_bytes(join(cfg.output, run_id, "run.json"), json.dumps({
+    storage.write_bytes(RunLayout.of(cfg.output, run_id).manifest, json.dumps({
         "run_id": run_id, "input": cfg.input, "model_uri": model_uri, "detector": cfg.detector,
         "n_buckets": n_buckets, "config": cfg.model_dump(exclude={"storage": {"key", "secret"}}),
     }, indent=2, default=str).encode())
 
     done: dict[str, dict[str, Any]] = {}
     for unit in units:
-        marker = sinks.read_marker(storage, sinks.marker_uri(cfg.output, run_id, unit.unit_id))
+        marker = sink.read_marker(storage, RunLayout.of(cfg.output, run_id).marker(unit.unit_id))
         if marker and marker.get("fingerprint") == unit.fingerprint():
             done[unit.unit_id] = marker["counts"]
     return listing, units, done
@@ -305,7 +312,8 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     if model.warning:
         log.warning("%s", model.warning)
     run_id = cfg.run_name or "score-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    run_uri = join(cfg.output, run_id)
+    layout = RunLayout.of(cfg.output, run_id)
+    run_uri = layout.root
     log.info("run %s: input %s, output %s", run_id, cfg.input, run_uri)
 
     listing, units, done = plan_run(storage, cfg, run_id, model.uri)
@@ -324,7 +332,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
         for key in COUNT_KEYS:
             totals[key] += counts[key]
 
-    earlier = _read_json(storage, join(run_uri, "summary.json"))
+    earlier = _read_json(storage, layout.summary)
     summary = {
         "run_id": run_id, "output": run_uri, "input": cfg.input, "detector": cfg.detector,
         "model_uri": model.uri, "model_version": model.version,
@@ -343,7 +351,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
         summary["images_per_s"], summary["seconds"] = earlier.get("images_per_s", 0.0), earlier.get("seconds", {})
     try:
         videos = _write_video_summary(storage, cfg, listing, summary)
-        storage.write_bytes(join(run_uri, "summary.json"), json.dumps(summary, indent=2).encode())
+        storage.write_bytes(layout.summary, json.dumps(summary, indent=2).encode())
     except StorageError as exc:
         raise RunIncomplete(f"run {run_id}: {len(failed_units)} of {len(units)} work units failed and the summary "
                             f"could not be written ({exc}); re-run with --run-name {run_id} to finish") from exc
@@ -356,7 +364,7 @@ def _write_video_summary(storage: Storage, cfg: ScoreConfig, listing: Listing, s
     if not listing.videos:
         return []
     videos = summarize_videos(read_rows(storage, summary["output"]), summary["threshold"], cfg.video.smoothing_window)
-    storage.write_bytes(join(summary["output"], "videos.json"), json.dumps(videos, indent=2).encode())
+    storage.write_bytes(RunLayout(summary["output"]).videos, json.dumps(videos, indent=2).encode())
     summary["n_videos"] = len(listing.videos)
     summary["n_anomalous_segments"] = sum(len(v["segments"]) for v in videos)
     return videos
@@ -368,7 +376,7 @@ def _track(cfg: ScoreConfig, storage: Storage, model: ModelRef, summary: dict[st
     reopens the first attempt's MLflow run. A failure here is reported, never undoes the results."""
     if tracking_uri is None:
         return
-    record_uri = join(summary["output"], "tracking.json")
+    record_uri = RunLayout(summary["output"]).tracking
     record = _read_json(storage, record_uri)
     if record and not scored_anything:
         summary["mlflow_run_id"] = record["mlflow_run_id"]

@@ -10,12 +10,13 @@ import numpy as np
 import torch
 
 from pipeline.config import DecodeSettings
+from pipeline.errors import DecodeError, StorageError, TransientStorageError, VideoError
 from pipeline.features.preprocess import Preprocess
-from pipeline.io.decode import DecodeError, decode_image
+from pipeline.io.decode import decode_image
 from pipeline.io.prefetch import ordered_map
 from pipeline.io.sources import RawItem, WorkUnit, iter_unit_items
-from pipeline.io.storage import Storage, StorageError, TransientStorageError
-from pipeline.io.video import VideoError, iter_frames
+from pipeline.io.storage import Storage
+from pipeline.io.video import iter_frames
 
 
 @dataclass
@@ -79,7 +80,8 @@ def _decode_raw(raw: RawItem, decode: DecodeSettings) -> Decoded | Failed:
 def _iter_decoded(storage: Storage, unit: WorkUnit, decode: DecodeSettings, threads: int = 1
                   ) -> Iterator[Decoded | Failed]:
     """Decoded inputs and failures, in input order; a :class:`TransientStorageError` propagates (the
-    unit fails whole). Images are read concurrently (see :meth:`Storage.read_many`) and decode on ``threads`` threads."""
+    unit fails whole). Images are read concurrently (:meth:`Storage.read_many`) and decode on ``threads``
+    threads."""
     if unit.video is not None:
         return _iter_video(storage, unit)
     return ordered_map(lambda raw: _decode_raw(raw, decode), iter_unit_items(storage, unit, decode), threads)

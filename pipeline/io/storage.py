@@ -42,6 +42,7 @@ import fsspec.asyn
 from fsspec.exceptions import FSTimeoutError
 
 from pipeline.config import StorageSettings
+from pipeline.errors import StorageError, TransientStorageError
 
 T = TypeVar("T")
 
@@ -72,15 +73,6 @@ class _DropOrphanedUploadErrors(logging.Filter):
 
 
 logging.getLogger("asyncio").addFilter(_DropOrphanedUploadErrors())
-
-
-class StorageError(RuntimeError):
-    """Storage cannot be reached or an object is missing; the message names the URI/setting."""
-
-
-class TransientStorageError(StorageError):
-    """Storage kept failing in a way that may pass (outage, throttling): the input itself may be fine,
-    so the work that needed it should fail whole and be retried by a re-run, not recorded as bad input."""
 
 
 def join(base: str, *parts: str) -> str:
@@ -367,6 +359,13 @@ class Storage:
             self._call(uri, fsspec.asyn.sync, fs.loop, fs._pipe_file, path, data, timeout=limit)
         else:
             self._call(uri, _write_local, path, data)
+
+    def start_remote_write(self, uri: str, data: bytes) -> concurrent.futures.Future:
+        """:meth:`write_bytes` of an S3 object as a coroutine on s3fs's event loop: returns at once, the
+        future holds ``None`` or the :class:`StorageError` (same retry budget, same deadline per try)."""
+        fs, path = self._fs_for(uri)
+        limit = READ_TIMEOUT_S + len(data) / MIN_WRITE_BYTES_PER_S
+        return asyncio.run_coroutine_threadsafe(self._acall(uri, fs._pipe_file, path, data, timeout=limit), fs.loop)
 
     def list_files(self, uri: str) -> list[str]:
         """All files under ``uri`` (recursive), as URIs of the same scheme, sorted. Local FIFOs, sockets

@@ -1,0 +1,67 @@
+"""What a scoring worker writes for a work unit: heatmap overlays and raw maps, the Parquet part of its rows, and
+the completion marker, in that order (names from :mod:`pipeline.results.layout`). The worker stores overlays,
+maps and the part through an :class:`~pipeline.io.uploads.Uploader` and writes the marker only once that has
+stored them all."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import StorageError
+from pipeline.io.storage import Storage
+
+ROW_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("unit_id", pa.string()),
+    ("detector", pa.string()),
+    ("model_version", pa.string()),
+    ("source_uri", pa.string()),
+    ("member", pa.string()),
+    ("member_index", pa.int32()),  # position in its tar (two members may share a name)
+    ("frame_index", pa.int64()),
+    ("timestamp_s", pa.float64()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("score", pa.float32()),
+    ("is_anomaly", pa.bool_()),
+    ("threshold", pa.float32()),
+    ("heatmap_uri", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("latency_ms", pa.float32()),
+    ("map_uri", pa.string()),  # raw anomaly map, float16 .npy at the scored resolution (jobs.score --maps)
+])
+
+
+def encode_part(rows: list[dict[str, Any]]) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), sink, compression="zstd")
+    return sink.getvalue()
+
+
+def write_part(storage: Storage, uri: str, rows: list[dict[str, Any]]) -> None:
+    storage.write_bytes(uri, encode_part(rows))
+
+
+def write_marker(storage: Storage, uri: str, fingerprint: str, counts: dict[str, Any]) -> None:
+    storage.write_bytes(uri, json.dumps({"fingerprint": fingerprint, "counts": counts}).encode())
+
+
+def read_marker(storage: Storage, uri: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except (StorageError, ValueError):
+        return None
+
+
+def encode_map(amap: np.ndarray) -> bytes:
+    """The raw map as float16 ``.npy`` (no pickle), for pixel metrics."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(amap, dtype=np.float16), allow_pickle=False)
+    return buffer.getvalue()
