@@ -5,8 +5,8 @@
 Writes N real JPEG files (256 px), then drives the library directly (no Ray): decode (PIL on a
 thread pool; on CUDA also ``torchvision.io.decode_jpeg`` on the GPU), PatchCore features
 (``PatchEmbedder``, bf16 autocast on CUDA), the device coreset, the device kNN, maps (upsample +
-Gaussian) and JPEG heatmap overlays (rendered on the device), and prints images/s per stage and end to end. Then it times greedy
-k-center on P x 128 random points with the numpy loop and the torch loop on the device and
+Gaussian) and JPEG heatmap overlays (rendered on the device), and prints images/s per stage and end to
+end. Then it times greedy k-center on P x 128 random points with the numpy loop and the torch loop on the device and
 checks that both select the same points. It imports only torch, torchvision, numpy, PIL and
 the library modules it measures, so it runs on a bare GPU host. Random weights: speed only.
 """
