@@ -34,7 +34,7 @@ ROOT = HERE.parent
 WORK = HERE / ".work" / "storage"
 sys.path.insert(0, str(ROOT))
 
-from tests.relay import Relay  # noqa: E402 - the one delay relay, shared with the tests
+from tests.helpers.relay import Relay  # noqa: E402 - the one delay relay, shared with the tests
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
