@@ -150,3 +150,31 @@ def test_s3_outage_longer_than_the_retry_budget_then_rerun(fault_data, moto_fs, 
                                f"{first.returncode} after {seconds:.1f} s: {line}; re-run: "
                                f"{again['n_units_skipped_as_complete']} units skipped, failed_units=[], "
                                f"{len(rows)} rows / {N_IMAGES} inputs, 0 duplicates")
+
+
+def test_heatmap_puts_refused_for_good_leave_the_unit_unmarked_then_rerun_fills_it(fault_data, moto_fs, relay,
+                                                                                   s3_input, record_property):
+    """Every heatmap PUT of one unit is answered 403 (its part and the other units' files are stored): that
+    unit gets no marker and error rows; a re-run once the store accepts them completes it, heatmaps and all."""
+    input_uri, keys = s3_input
+    relay.deny = rb"^PUT /faults-out/denied/heatmaps/u00001/"
+    first = run_score_bounded(score_cfg(fault_data, relay, input_uri, "denied"))
+    assert relay.denied > 0, "no heatmap PUT met the refusal"
+    assert first["failed_units"] == ["u00001"], first["failed_units"]
+    assert "u00001" not in markers(first["output"], moto_fs)
+    assert len(markers(first["output"], moto_fs)) == first["n_units"] - 1
+    rows = assert_complete(first["output"], keys, fs=moto_fs)
+    refused = [r for r in rows if r["unit_id"] == "u00001"]
+    assert refused and all(r["status"] == "error" and "Access Denied" in r["error"] for r in refused), refused[:2]
+
+    relay.deny = None
+    again = run_score_bounded(score_cfg(fault_data, relay, input_uri, "denied"))
+    assert again["n_units_scored"] == 1 and again["n_units_skipped_as_complete"] == first["n_units"] - 1
+    rows = assert_complete(again["output"], keys, fs=moto_fs)
+    assert all(r["status"] == "ok" for r in rows), {r["error"] for r in rows if r["status"] != "ok"}
+    assert_all_units_marked(again["output"], again, fs=moto_fs)
+    moto_fs.invalidate_cache()
+    assert all(moto_fs.exists(r["heatmap_uri"]) for r in rows), "a row names a heatmap that is not stored"
+    record_property("outcome", f"{relay.denied} heatmap PUTs refused: failed_units={first['failed_units']}, "
+                               f"{len(refused)} error rows, no marker; re-run: 1 unit scored, {len(rows)} rows ok, "
+                               f"every heatmap stored")

@@ -9,6 +9,10 @@ connections already open, as a restarting server does, so pooled keep-alive conn
 ``delay_s`` plays a distant server: each request waits that long before it is passed on (a request
 is what the client sends after the server last answered, so a PUT that waits for ``100 Continue``
 pays it twice, as it pays two round trips to a real endpoint).
+
+``deny`` (a regular expression over a request's head, e.g. ``rb"^PUT /bucket/run/heatmaps/"``) plays a
+permanent refusal of some objects while the rest of the store works: a matching request is answered
+``403 AccessDenied`` by the relay itself and never reaches the server.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import pytest
 MODES = ("forward", "refuse", "reset", "503")
 SLOW_DOWN = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>"
              b"<Message>Please reduce your request rate.</Message></Error>")
+ACCESS_DENIED = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code>"
+                 b"<Message>Access Denied</Message></Error>")
 
 
 def _reset(sock: socket.socket) -> None:
@@ -48,6 +54,8 @@ class Relay:
         self.target = (target_host, target_port)
         self.mode = "forward"
         self.delay_s = delay_s
+        self.deny: bytes | None = None
+        self.denied = 0  # requests answered 403 because they matched ``deny``
         self.answered_503 = 0  # requests answered in 503 mode: counts the client's attempts
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -105,28 +113,58 @@ class Relay:
         else:
             self._forward(client)
 
+    @staticmethod
+    def _read_request(client: socket.socket, request: bytes = b"") -> bytes | None:
+        """Read a whole request (head and any body) from ``client``; returns its head, None if it hung up."""
+        while b"\r\n\r\n" not in request:
+            chunk = client.recv(65536)
+            if not chunk:
+                return None
+            request += chunk
+        head, _, sent = request.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        waits = re.search(rb"(?im)^expect:\s*100-continue", head)  # the body comes only after a "100"
+        missing = int(length.group(1)) - len(sent) if length and not waits else 0
+        while missing > 0:  # read the body first: closing on unread data would send a reset
+            chunk = client.recv(min(missing, 65536))
+            if not chunk:
+                return None
+            missing -= len(chunk)
+        return head
+
+    @staticmethod
+    def _answer(client: socket.socket, head: bytes, status: bytes, body: bytes) -> None:
+        payload = b"" if head.startswith(b"HEAD ") else body
+        client.sendall(b"HTTP/1.1 %s\r\nContent-Type: application/xml\r\nContent-Length: %d\r\n"
+                       b"Connection: close\r\n\r\n" % (status, len(body)) + payload)
+
     def _answer_503(self, client: socket.socket) -> None:
         with client:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = client.recv(65536)
-                if not chunk:
-                    return
-                request += chunk
-            head, _, sent = request.partition(b"\r\n\r\n")
-            length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-            waits = re.search(rb"(?im)^expect:\s*100-continue", head)  # the body comes only after a "100"
-            missing = int(length.group(1)) - len(sent) if length and not waits else 0
-            while missing > 0:  # read the body first: closing on unread data would send a reset
-                chunk = client.recv(min(missing, 65536))
-                if not chunk:
-                    return
-                missing -= len(chunk)
+            head = self._read_request(client)
+            if head is None:
+                return
             with self._lock:  # counted before answering: the client may give up as soon as it reads it
                 self.answered_503 += 1
-            body = b"" if head.startswith(b"HEAD ") else SLOW_DOWN
-            client.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
-                           b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(SLOW_DOWN) + body)
+            self._answer(client, head, b"503 Service Unavailable", SLOW_DOWN)
+
+    def _denied(self, client: socket.socket, data: bytes) -> tuple[bool, bytes]:
+        """At the start of a request: whether it matches ``deny`` (then it has been answered 403), and the
+        bytes read so far otherwise. A body sent after ``100 Continue`` is no request: passed on as it is."""
+        if not re.match(rb"[A-Z]+ /", data):
+            return False, data
+        while b"\r\n\r\n" not in data:
+            chunk = client.recv(65536)
+            if not chunk:
+                return False, data
+            data += chunk
+        if self.deny is None or not re.search(self.deny, data.partition(b"\r\n\r\n")[0]):
+            return False, data
+        head = self._read_request(client, data)
+        if head is not None:
+            with self._lock:
+                self.denied += 1
+            self._answer(client, head, b"403 Forbidden", ACCESS_DENIED)
+        return True, b""
 
     def _forward(self, client: socket.socket) -> None:
         try:
@@ -152,6 +190,10 @@ class Relay:
                     answered.set()
                 elif answered.is_set():
                     answered.clear()
+                    if self.deny is not None:
+                        denied, data = self._denied(src, data)
+                        if denied:
+                            return
                     if self.delay_s:
                         time.sleep(self.delay_s)
                 dst.sendall(data)
