@@ -1,8 +1,10 @@
 """Score an archive with a detector: one Parquet part per work unit, heatmaps, a summary, MLflow.
 
-Exactly-once output: a unit's part is written whole (atomic write), then its marker. A re-run
+Exactly-once output: a unit's heatmaps, maps and part are written whole (atomic writes, through a
+bounded uploader off the scoring path), and only once all of them are stored, its marker. A re-run
 with the same run name skips units whose marker matches the unit's inputs and rewrites any
-other part, so there are never duplicates and never gaps.
+other part, so there are never duplicates and never gaps. A run that completes is also compacted
+into ``table/`` (a few large Parquet files, see :mod:`pipeline.results.table`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pipeline.io.storage import Storage
 from pipeline.io.uploads import Uploader
 from pipeline.progress import Progress
 from pipeline.results import RunLayout, heatmap_key, heatmaps, read_rows, sink
+from pipeline.results.table import table_files, write_table
 from pipeline.runtime import (
     WorkerPool,
     decode_threads,
@@ -266,11 +269,7 @@ def plan_run(storage: Storage, cfg: ScoreConfig, run_id: str, model_uri: str
         "n_buckets": n_buckets, "config": cfg.model_dump(exclude={"storage": {"key", "secret"}}),
     }, indent=2, default=str).encode())
 
-    done: dict[str, dict[str, Any]] = {}
-    for unit in units:
-        marker = sink.read_marker(storage, RunLayout.of(cfg.output, run_id).marker(unit.unit_id))
-        if marker and marker.get("fingerprint") == unit.fingerprint():
-            done[unit.unit_id] = marker["counts"]
+    done = sink.completed_units(storage, RunLayout.of(cfg.output, run_id), {u.unit_id: u.fingerprint() for u in units})
     return listing, units, done
 
 
@@ -327,6 +326,15 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     if todo:
         local = init_ray(cfg.runtime)
         failed_units, startup_s, scoring_s = _score_units(cfg, storage, run_id, model, todo, totals, local)
+    table_s = 0.0
+    if not failed_units and (todo or table_files(storage, layout) is None):
+        t_table = time.perf_counter()
+        try:
+            write_table(storage, layout)
+        except StorageError as exc:
+            raise RunIncomplete(f"run {run_id}: every unit is scored but its table could not be written ({exc}); "
+                                f"re-run with --run-name {run_id} to write it") from exc
+        table_s = time.perf_counter() - t_table
     scored_now = dict(totals)
     for counts in done.values():
         for key in COUNT_KEYS:
@@ -343,7 +351,8 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
         "n_inputs": totals["n_rows"], "n_ok": totals["n_ok"], "n_errors": totals["n_errors"],
         "n_skipped": totals["n_skipped"], "n_anomalous": totals["n_anomalous"], "n_heatmaps": totals["n_heatmaps"],
         "images_per_s": scored_now["n_rows"] / scoring_s if scoring_s > 0 else 0.0,
-        "seconds": {"listing": listing_s, "startup": startup_s, "scoring": scoring_s,
+        "table": layout.table if not failed_units else None,
+        "seconds": {"listing": listing_s, "startup": startup_s, "scoring": scoring_s, "table": table_s,
                     "total": time.perf_counter() - t0},
         "attempts": (earlier or {}).get("attempts", 0) + 1,
     }

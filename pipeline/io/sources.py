@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 
 from pipeline.config import DecodeSettings, VideoSettings
 from pipeline.errors import StorageError, TransientStorageError, VideoError
+from pipeline.io.prefetch import ordered_map
 from pipeline.io.storage import Storage
-from pipeline.io.video import frame_ranges, is_video, probe, stride_for
+from pipeline.io.video import VideoInfo, frame_ranges, is_video, probe, stride_for
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
@@ -101,14 +102,24 @@ def plan_units(listing: Listing, images_per_unit: int, n_buckets: int | None = N
     return units, n_buckets
 
 
+PROBE_THREADS = 16  # videos probed at once (each probe is a few ranged reads and a header parse)
+
+
+def _probe_or_none(storage: Storage, uri: str) -> VideoInfo | None:
+    try:
+        return probe(storage, uri)
+    except (VideoError, StorageError):
+        return None
+
+
 def plan_video_units(storage: Storage, videos: list[str], settings: VideoSettings) -> list[WorkUnit]:
-    """Frame-range units per video (as many as :func:`probe`'s bounded frame count needs). A video
-    that cannot be probed still gets one unit, whose worker turns the failure into an error row."""
+    """Frame-range units per video (as many as :func:`probe`'s bounded frame count needs), probing up to
+    ``PROBE_THREADS`` videos at once (at most ``storage.max_concurrency``). A video that cannot be probed
+    still gets one unit, whose worker turns the failure into an error row."""
     units = []
-    for uri in videos:
-        try:
-            info = probe(storage, uri)
-        except (VideoError, StorageError):
+    threads = min(PROBE_THREADS, storage.settings.max_concurrency, max(1, len(videos)))
+    for uri, info in zip(videos, ordered_map(lambda u: _probe_or_none(storage, u), videos, threads), strict=True):
+        if info is None:
             units.append(WorkUnit(f"v{stable_hash(uri):016x}-0", video=uri, frame_stride=settings.frame_stride))
             continue
         stride = stride_for(info, settings.frame_stride, settings.fps)

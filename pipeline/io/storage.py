@@ -226,6 +226,7 @@ class Storage:
                     "connect_timeout": s.connect_timeout_s,
                     "read_timeout": max(READ_TIMEOUT_S, s.connect_timeout_s),
                     "retries": {"total_max_attempts": 1, "mode": "standard"},
+                    "max_pool_connections": s.max_concurrency,  # botocore's default 10 would cap concurrency
                 },
                 skip_instance_cache=False,
             )
@@ -359,6 +360,12 @@ class Storage:
             self._call(uri, fsspec.asyn.sync, fs.loop, fs._pipe_file, path, data, timeout=limit)
         else:
             self._call(uri, _write_local, path, data)
+
+    def remove(self, uri: str) -> None:
+        """Delete the object or file at ``uri`` (missing is fine)."""
+        fs, path = self._fs_for(uri)
+        if self.is_remote(uri) or os.path.lexists(path):
+            self._call(uri, fs.rm_file, path)
 
     def start_remote_write(self, uri: str, data: bytes) -> concurrent.futures.Future:
         """:meth:`write_bytes` of an S3 object as a coroutine on s3fs's event loop: returns at once, the

@@ -2,7 +2,14 @@
 
 from pipeline.results.layout import RunLayout, heatmap_key
 from pipeline.results.rows import read_rows
-from pipeline.results.sink import ROW_SCHEMA, encode_map, encode_part, read_marker, write_marker, write_part
+from pipeline.results.sink import (
+    ROW_SCHEMA,
+    completed_units,
+    encode_map,
+    encode_part,
+    write_marker,
+    write_part,
+)
 
-__all__ = ["ROW_SCHEMA", "RunLayout", "encode_map", "encode_part", "heatmap_key", "read_marker", "read_rows",
+__all__ = ["ROW_SCHEMA", "RunLayout", "completed_units", "encode_map", "encode_part", "heatmap_key", "read_rows",
            "write_marker", "write_part"]

@@ -3,7 +3,9 @@
     run.json                    the run's manifest (input, model, bucket count) for resume
     scores/part-{unit}.parquet  one part per work unit, every input of the unit, one row each
     _markers/{unit}.json        written after the part: the unit is complete (with its counts)
-    heatmaps/{unit}/{key}.png   colour overlays, referenced by the rows' ``heatmap_uri``
+    table/part-NNNNN.parquet    a completed run's rows compacted into files of ~128 MiB (pipeline.results.table)
+    table/_SUCCESS              written last: names the table's files; no _SUCCESS, no table
+    heatmaps/{unit}/{key}.jpg   colour overlays (.png/.webp by overlay.format), the rows' ``heatmap_uri``
     heatmaps/{unit}/{key}.npy   raw maps (float16, ``--maps``), referenced by ``map_uri``
     summary.json                counts and timings of the whole run
     videos.json                 per-video peaks and anomalous segments (runs with videos)
@@ -49,6 +51,17 @@ class RunLayout:
     def heatmap(self, unit_id: str, key: str, suffix: str) -> str:
         """An overlay (``.png``) or raw map (``.npy``) of the row with heatmap key ``key``."""
         return join(self.root, "heatmaps", unit_id, key + suffix)
+
+    @property
+    def table(self) -> str:
+        return join(self.root, "table")
+
+    def table_file(self, name: str) -> str:
+        return join(self.table, name)
+
+    @property
+    def table_success(self) -> str:
+        return join(self.table, "_SUCCESS")
 
     @property
     def summary(self) -> str:

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import StorageError
+from pipeline.errors import StorageError, TransientStorageError
 from pipeline.io.storage import Storage
+from pipeline.results.layout import RunLayout
+
+MARKER_MAX_BYTES = 1 << 20
 
 ROW_SCHEMA = pa.schema([
     ("run_id", pa.string()),
@@ -53,11 +57,27 @@ def write_marker(storage: Storage, uri: str, fingerprint: str, counts: dict[str,
     storage.write_bytes(uri, json.dumps({"fingerprint": fingerprint, "counts": counts}).encode())
 
 
-def read_marker(storage: Storage, uri: str) -> dict[str, Any] | None:
+def completed_units(storage: Storage, layout: RunLayout, fingerprints: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The counts of every unit of ``fingerprints`` (unit id -> fingerprint) whose marker holds that
+    fingerprint: one listing of ``_markers/``, then the listed markers read concurrently. A marker that
+    cannot be read or parsed counts as absent (the unit is scored again)."""
     try:
-        return json.loads(storage.read_bytes(uri))
-    except (StorageError, ValueError):
-        return None
+        listed = {posixpath.basename(uri) for uri in storage.list_files(layout.markers)}
+    except TransientStorageError:
+        raise
+    except StorageError:  # no _markers/ yet
+        return {}
+    units = [unit_id for unit_id in fingerprints if f"{unit_id}.json" in listed]
+    done = {}
+    for unit_id, data in zip(units, storage.read_many([layout.marker(u) for u in units], MARKER_MAX_BYTES),
+                             strict=True):
+        try:
+            marker = json.loads(data) if isinstance(data, bytes) else None
+        except ValueError:
+            marker = None
+        if isinstance(marker, dict) and marker.get("fingerprint") == fingerprints[unit_id]:
+            done[unit_id] = marker["counts"]
+    return done
 
 
 def encode_map(amap: np.ndarray) -> bytes:
