@@ -72,13 +72,16 @@ class ScoreWorker:
 
     def __init__(self, cfg: ScoreConfig, run_id: str, model: ModelRef):
         self.cfg, self.run_id = cfg, run_id
-        self.layout = RunLayout.of(cfg.output, run_id)
         self.storage = Storage(cfg.storage)
         self.uploads = Uploader(self.storage)
         self.device = setup_worker_threads(cfg.runtime)
         self.threads = decode_threads(cfg.runtime)
         self.detector = load_detector(cfg, self.storage, model, self.device)
         self.threshold = cfg.threshold if cfg.threshold is not None else self.detector.threshold
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout.of(self.cfg.output, self.run_id)
 
     def ready(self) -> str:
         return self.detector.version
@@ -199,8 +202,8 @@ class ScoreWorker:
         counts["n_anomalous"] = sum(bool(r.get("is_anomaly")) for r in rows)
         counts["n_heatmaps"] = sum(bool(r.get("heatmap_uri")) for r in rows)
         counts["latency_ms_sum"] = sum(r.get("latency_ms") or 0.0 for r in rows)
-        self.uploads.put(self.layout.part(unit.unit_id), sink.encode_part(rows))
-        self.uploads.wait()  # the part and every file its rows name are stored: only now the marker
+        self.uploads.wait()  # every file the rows name is stored: then the part, then the marker
+        sink.write_part(self.storage, self.layout.part(unit.unit_id), rows)
         sink.write_marker(self.storage, self.layout.marker(unit.unit_id), unit.fingerprint(), counts)
         return counts
 

@@ -6,10 +6,9 @@ from pipeline.results.sink import (
     ROW_SCHEMA,
     completed_units,
     encode_map,
-    encode_part,
     write_marker,
     write_part,
 )
 
-__all__ = ["ROW_SCHEMA", "RunLayout", "completed_units", "encode_map", "encode_part", "heatmap_key", "read_rows",
+__all__ = ["ROW_SCHEMA", "RunLayout", "completed_units", "encode_map", "heatmap_key", "read_rows",
            "write_marker", "write_part"]

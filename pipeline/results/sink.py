@@ -1,7 +1,7 @@
 """What a scoring worker writes for a work unit: heatmap overlays and raw maps, the Parquet part of its rows, and
-the completion marker, in that order (names from :mod:`pipeline.results.layout`). The worker stores overlays,
-maps and the part through an :class:`~pipeline.io.uploads.Uploader` and writes the marker only once that has
-stored them all."""
+the completion marker, in that order (names from :mod:`pipeline.results.layout`). The worker stores overlays
+and maps through an :class:`~pipeline.io.uploads.Uploader` (off the scoring path) and writes the part, then the
+marker, only once that has stored them all."""
 
 from __future__ import annotations
 
@@ -43,14 +43,10 @@ ROW_SCHEMA = pa.schema([
 ])
 
 
-def encode_part(rows: list[dict[str, Any]]) -> bytes:
+def write_part(storage: Storage, uri: str, rows: list[dict[str, Any]]) -> None:
     sink = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), sink, compression="zstd")
-    return sink.getvalue()
-
-
-def write_part(storage: Storage, uri: str, rows: list[dict[str, Any]]) -> None:
-    storage.write_bytes(uri, encode_part(rows))
+    storage.write_bytes(uri, sink.getvalue())
 
 
 def write_marker(storage: Storage, uri: str, fingerprint: str, counts: dict[str, Any]) -> None:
