@@ -12,8 +12,8 @@ from pipeline.config import StorageSettings
 from pipeline.errors import StorageError
 from pipeline.io.storage import Storage
 from pipeline.io.uploads import Uploader
-from tests.helpers.runs import s3_buckets
 from tests.helpers.relay import Relay
+from tests.helpers.runs import s3_buckets
 
 BUCKET = "concurrency"
 DELAY_S = 0.1
