@@ -41,7 +41,7 @@ def test_fit_and_score_on_s3(ray_runtime, dataset, s3, s3_endpoint, tmp_path):
     assert sorted(r["frame_index"] for r in rows if r["frame_index"] is not None) == list(range(30))
     heatmaps = [r["heatmap_uri"] for r in rows if r["status"] == "ok" and r["frame_index"] is None]
     assert all(h.startswith("s3://results/line-7/night-1/heatmaps/") and s3.exists(h) for h in heatmaps)
-    assert s3.cat(heatmaps[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert s3.cat(heatmaps[0])[:3] == b"\xff\xd8\xff" and heatmaps[0].endswith(".jpg")  # overlay.format: jpeg
     assert s3.exists("results/line-7/night-1/summary.json")
 
     run = mlflow.MlflowClient(tracking["tracking_uri"]).get_run(summary["mlflow_run_id"])

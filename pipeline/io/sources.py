@@ -53,7 +53,7 @@ class Listing:
 
 def list_inputs(storage: Storage, uri: str) -> Listing:
     images, tars, skipped, videos = [], [], [], []
-    for path in storage.list_files(uri):
+    for path in storage.iter_files(uri):
         base = posixpath.basename(path)
         if base.startswith((".", "_")):
             continue

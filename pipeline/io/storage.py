@@ -384,13 +384,47 @@ class Storage:
     def list_files(self, uri: str) -> list[str]:
         """All files under ``uri`` (recursive), as URIs of the same scheme, sorted. Local FIFOs, sockets
         and devices are listed too (reading them raises), so they can be reported rather than lost."""
+        if self.is_remote(uri):
+            return list(self.iter_files(uri))
         fs, path = self._fs_for(uri)
-        if self._call(uri, fs.isdir, path):  # isdir first: s3fs's exists() of a bucket says False on any error
-            prefix = "s3://" if self.is_remote(uri) else ""
-            return sorted(prefix + p for p in self._call(uri, fs.find, path))
+        if self._call(uri, fs.isdir, path):
+            return sorted(self._call(uri, fs.find, path))
         if not self._call(uri, fs.exists, path):
             raise StorageError(f"{uri}: no such file, folder or prefix")
         return [uri]
+
+    def iter_files(self, uri: str) -> Iterator[str]:
+        """:meth:`list_files`, streamed: under S3 one page of keys (1,000) at a time, each page a request with
+        the retry budget, so a prefix of millions of keys is never held here as listing records."""
+        if not self.is_remote(uri):
+            yield from self.list_files(uri)
+            return
+        fs = self._session(uri)
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        query = {"Bucket": bucket, "Prefix": key.rstrip("/") + "/" if key.rstrip("/") else ""}
+        found = False
+        while True:
+            try:
+                page = self._call(uri, fsspec.asyn.sync, fs.loop, fs._call_s3, "list_objects_v2", **query)
+            except TransientStorageError:
+                raise
+            except StorageError:  # no such bucket: said below, as for any missing prefix
+                break
+            for entry in page.get("Contents", []):
+                if not entry["Key"].endswith("/"):  # "folder" placeholders are no files
+                    found = True
+                    yield f"s3://{bucket}/{entry['Key']}"
+            if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
+                break
+            query["ContinuationToken"] = page["NextContinuationToken"]
+        if found:
+            return
+        fs, path = self._fs_for(uri)
+        if self._call(uri, fs.isdir, path):  # isdir first: s3fs's exists() of a bucket says False on any error
+            return
+        if not self._call(uri, fs.exists, path):
+            raise StorageError(f"{uri}: no such file, folder or prefix")
+        yield uri
 
     def check_reachable(self, uri: str, setting: str) -> None:
         """Fail fast, naming ``setting``, when the storage behind ``uri`` does not answer."""
