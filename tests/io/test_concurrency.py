@@ -3,6 +3,7 @@ S3 server (moto) behind the tests' relay holding every request for 100 ms, as a 
 
 from __future__ import annotations
 
+import threading
 import time
 from urllib.parse import urlparse
 
@@ -79,3 +80,45 @@ def test_reads_are_capped_in_bytes_with_one_ranged_get(far):
     _, relay = far
     (head,) = storage(relay).read_many([f"s3://{BUCKET}/obj10"], 7)
     assert head == bytes([10]) * 8  # limit + 1 bytes: the caller sees that the object is larger
+
+
+def test_a_slow_store_blocks_put_and_a_slow_consumer_stops_new_reads(tmp_path, monkeypatch):
+    """Backpressure, with a disk that holds every write (and read) until told: put() blocks once max_concurrency
+    writes are in flight; reads stop being started once max_concurrency are done but not consumed."""
+    release, started = threading.Event(), []
+    local = Storage(StorageSettings(max_concurrency=3))
+
+    def held_write(self, uri, data):
+        started.append(uri)
+        release.wait(10)
+
+    monkeypatch.setattr(Storage, "write_bytes", held_write)
+    uploader = Uploader(local)
+    putter = threading.Thread(target=lambda: [uploader.put(str(tmp_path / f"w{i}"), b"x") for i in range(10)])
+    putter.start()
+    putter.join(0.5)
+    assert putter.is_alive() and len(started) == 3, started  # the 4th put waits for room
+    release.set()
+    putter.join(10)
+    uploader.wait()
+    assert len(started) == 10
+    monkeypatch.undo()
+
+    size = 256 * 1024
+    for i in range(50):
+        (tmp_path / f"r{i}").write_bytes(bytes([i]) * size)
+    calls, first_done, at_release = [], threading.Event(), []
+    real_open = Storage.open_read
+
+    def slow_first(self, uri):
+        calls.append(uri)
+        if uri.endswith("/r0"):
+            first_done.wait(10)  # a slow object at the head: the others go on, as far as the budgets allow
+        return real_open(self, uri)
+
+    monkeypatch.setattr(Storage, "open_read", slow_first)
+    threading.Timer(0.5, lambda: (at_release.append(len(calls)), first_done.set())).start()
+    bounded = Storage(StorageSettings(max_concurrency=3, max_inflight_mb=1))
+    got = list(bounded.read_many([str(tmp_path / f"r{i}") for i in range(50)], size))
+    assert got == [bytes([i]) * size for i in range(50)]
+    assert at_release[0] <= 1 + 4 + 2, f"{at_release[0]} reads started while the first was held (1 MiB: 4 files)"
