@@ -8,7 +8,8 @@ smooth 64x64 anomaly map (as a PatchCore map before it is resized). "before" is 
 wrote until December 2026 (numpy ramp by fancy indexing, float blend, PIL PNG at compress level 1), copied
 here as the baseline; "now" is ``pipeline.results.heatmaps.render_overlays`` on ``--device`` in batches of ``--batch``,
 in each format at its default quality. Runs alternate in ABBA order (before, now, now, before, ...);
-reported: median ms per image (min-max over the runs) and bytes per image, and now/before per ABBA
+reported: median wall ms per image (min-max over the runs), median CPU ms per image (this process, all
+threads: what the overlay costs a worker's cores on a shared machine) and bytes per image, and now/before per ABBA
 block for JPEG (the default format).
 """
 
@@ -68,10 +69,11 @@ def inputs(kind: str, side: int, n: int) -> tuple[list[np.ndarray], list[np.ndar
     return [image.copy() for _ in range(n)], [amap.copy() for _ in range(n)]
 
 
-def timed(fn) -> tuple[float, list[bytes]]:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float, list[bytes]]:
+    """Wall seconds, CPU seconds of this process (all its threads) and the result of ``fn()``."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
-    return time.perf_counter() - start, out
+    return time.perf_counter() - start, time.process_time() - cpu, out
 
 
 def main() -> None:
@@ -85,7 +87,7 @@ def main() -> None:
     load = MachineLoad()
     print(f"overlays on {args.device} ({torch.get_num_threads()} torch threads), batches of {args.batch}, "
           f"{args.repeats} ABBA blocks")
-    print(f"{'image':<12} {'renderer':<12} {'ms/image median (min-max)':>28} {'KiB/image':>10}")
+    print(f"{'image':<12} {'renderer':<12} {'ms/image median (min-max)':>28} {'CPU ms/image':>13} {'KiB/image':>10}")
     for kind, side in ((k, int(s)) for k in args.images.split(",") for s in args.sizes.split(",")):
         images, maps = inputs(kind, side, args.batch)
         scales = [1.0] * args.batch
@@ -103,25 +105,29 @@ def main() -> None:
 
         now("jpeg")()  # warm-up: LUT, encoder
         runs: dict[str, list[float]] = {"before png": [], "now jpeg": [], "now png": [], "now webp": []}
+        cpu: dict[str, list[float]] = {name: [] for name in runs}
         sizes: dict[str, int] = {}
         ratios = []
         for block in range(args.repeats):
             order = ["before png", "now jpeg"] if block % 2 == 0 else ["now jpeg", "before png"]
             block_runs: dict[str, list[float]] = {k: [] for k in order}
             for name in order + order[::-1]:
-                seconds, out = timed(before if name == "before png" else now("jpeg"))
+                seconds, cpu_s, out = timed(before if name == "before png" else now("jpeg"))
                 block_runs[name].append(seconds * 1e3 / args.batch)
+                cpu[name].append(cpu_s * 1e3 / args.batch)
                 sizes[name] = sum(map(len, out)) // len(out)
             for name, values in block_runs.items():
                 runs[name] += values
             ratios.append(statistics.mean(block_runs["now jpeg"]) / statistics.mean(block_runs["before png"]))
             for fmt in ("png", "webp"):
-                seconds, out = timed(now(fmt))
+                seconds, cpu_s, out = timed(now(fmt))
                 runs[f"now {fmt}"].append(seconds * 1e3 / args.batch)
+                cpu[f"now {fmt}"].append(cpu_s * 1e3 / args.batch)
                 sizes[f"now {fmt}"] = sum(map(len, out)) // len(out)
         for name, values in runs.items():
             spread = f"{statistics.median(values):8.2f} ({min(values):.2f}-{max(values):.2f})"
-            print(f"{kind + ' ' + str(side):<12} {name:<12} {spread:>28} {sizes[name] / 1024:>10.1f}")
+            print(f"{kind + ' ' + str(side):<12} {name:<12} {spread:>28} {statistics.median(cpu[name]):>13.2f} "
+                  f"{sizes[name] / 1024:>10.1f}")
         print(f"{kind + ' ' + str(side):<12} now jpeg / before png, per ABBA block: "
               f"median {statistics.median(ratios):.3f} "
               f"({min(ratios):.3f}-{max(ratios):.3f})")
