@@ -1,7 +1,7 @@
 """Heatmap overlays: ms per image and bytes per image, the renderer against the PNG overlay it replaced.
 
     python bench/bench_overlay.py [--images photo,texture] [--sizes 256,1024] [--batch 16] [--repeats 5]
-                                  [--device cpu|cuda]
+                                  [--device cpu|cuda] [--threads 1]
 
 Images: a photograph and the demo data's grainy texture, each at every side in ``--sizes``, with a
 smooth 64x64 anomaly map (as a PatchCore map before it is resized). "before" is the overlay the product
@@ -83,7 +83,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5, help="ABBA blocks")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (a worker of 1 CPU has 1)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     load = MachineLoad()
     print(f"overlays on {args.device} ({torch.get_num_threads()} torch threads), batches of {args.batch}, "
           f"{args.repeats} ABBA blocks")
