@@ -17,7 +17,7 @@ import re
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from pipeline.detectors.patchcore.settings import PatchCoreSettings
 from pipeline.errors import StorageError
@@ -43,7 +43,10 @@ class LineageEntry(BaseModel):
 
 
 class BankMetadata(BaseModel):
-    """``bank.json``: the PatchCore settings the bank was fitted (or imported) with, and what the fit found."""
+    """``bank.json``: the PatchCore settings the bank was fitted (or imported) with, and what the fit found.
+
+    On disk the settings sit beside the bank's own fields, one flat mapping (as every bank.json has been), so
+    banks written before this model read unchanged and readers of the file need no second level."""
 
     version: str = ""
     created_at: str
@@ -69,6 +72,20 @@ class BankMetadata(BaseModel):
     threshold: float | None
     calibration: dict[str, float]
     fingerprint: str
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_from_flat(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "patchcore" not in raw:
+            raw = dict(raw)
+            raw["patchcore"] = {k: raw.pop(k) for k in list(raw) if k in PatchCoreSettings.model_fields}
+        return raw
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        return {k: v for k, v in data.items() if k != "patchcore"} | data["patchcore"]
 
 
 def fingerprint(vectors: np.ndarray) -> str:
@@ -152,7 +169,7 @@ def resolve_bank_uri(storage: Storage, root: str, version: str | None) -> str:
 # What a bank.json written before a field existed was built and calibrated with: its threshold was
 # set on plain L2 distances to the nearest vector, and its ``weights: torchvision`` meant torchvision's
 # DEFAULT (IMAGENET1K_V2 for resnet50/wide_resnet50_2; ``torchvision`` now means IMAGENET1K_V1). Banks from
-# before the crop setting scored the whole resized image; their settings were flat, beside the bank's own fields.
+# before the crop setting scored the whole resized image.
 LEGACY_DEFAULTS: dict[str, Any] = {"patch_distance": "euclidean", "anomaly_scorer_num_nn": 1, "patchsize": 3,
                                    "bn_shift_input": None, "crop_fraction": 1.0, "interpolation": "bilinear"}
 
@@ -161,14 +178,11 @@ def upgrade_legacy(raw: dict[str, Any]) -> dict[str, Any]:
     """A manifest from before the official scoring rule and weights names, made to score as it did."""
     from pipeline.features.backbones import upgrade_legacy_torchvision
 
-    if "patchcore" in raw:
-        return raw
     raw = LEGACY_DEFAULTS | raw
     if {"backbone", "weights", "weights_fingerprint"} <= raw.keys():
         raw["weights"], raw["weights_fingerprint"] = upgrade_legacy_torchvision(
             raw["backbone"], raw["weights"], raw["weights_fingerprint"])
-    settings = {k: raw.pop(k) for k in list(raw) if k in PatchCoreSettings.model_fields}
-    return raw | {"patchcore": settings}
+    return raw
 
 
 def load_metadata(storage: Storage, uri: str) -> BankMetadata:

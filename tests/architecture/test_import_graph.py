@@ -37,12 +37,22 @@ def _module_level_imports(tree: ast.Module) -> list[str]:
     return found
 
 
+def _with_parents(module: str, importer: str) -> set[str]:
+    """``module`` and the packages above it whose ``__init__`` runs first, except the importer's own ancestors
+    (Python initialises those before the importer's first line)."""
+    parts = module.split(".")
+    own = {".".join(importer.split(".")[:i]) for i in range(1, importer.count(".") + 1)}
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)} - own
+
+
 def import_graph(package: str = "pipeline") -> dict[str, set[str]]:
-    """Module -> the package's modules it imports at import time."""
+    """Module -> the package's modules that run when it is imported."""
     paths = {_module_name(p): p for p in (ROOT / package).rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in paths.items():
-        targets = _module_level_imports(ast.parse(path.read_text()))
+        targets = set()
+        for imported in _module_level_imports(ast.parse(path.read_text())):
+            targets |= _with_parents(imported, name)
         graph[name] = {t for t in targets if t in paths and t != name}
     return graph
 
@@ -88,6 +98,11 @@ def test_pipeline_has_no_import_cycle():
 
 def test_the_cycle_check_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_a_package_init_counts_for_modules_outside_it():
+    assert _with_parents("p.config.sections", "p.detectors.x.settings") == {"p.config.sections", "p.config"}
+    assert _with_parents("p.results.heatmaps", "p.results.sink") == {"p.results.heatmaps"}
 
 
 def test_drivers_name_no_detector():
