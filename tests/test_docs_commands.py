@@ -1,7 +1,7 @@
 """Every command in the documentation still runs as written.
 
-The documents are README.md, docs/*.md and pipeline/detectors/*/README.md. From their fenced ``bash``
-blocks each command is checked without doing any work:
+The documents are README.md, docs/*.md, infra/**/README.md and pipeline/detectors/*/README.md. From
+their fenced ``bash`` blocks each command is checked without doing any work:
 
 - ``python -m jobs.X ARGS`` (also after ``ray job submit ... --``): ``jobs.X.main(ARGS + ["--print-config"])``
   runs in this process and must exit 0, so every flag, value, choice and named config file is validated
@@ -40,7 +40,7 @@ PRINT_CONFIG = "--print-config"  # the flag appended to every job command
 
 
 def doc_files(root: Path = ROOT) -> list[Path]:
-    return sorted([root / "README.md", *(root / "docs").glob("*.md"),
+    return sorted([root / "README.md", *(root / "docs").glob("*.md"), *(root / "infra").glob("**/README.md"),
                    *(root / "pipeline" / "detectors").glob("*/README.md")])
 
 
@@ -91,13 +91,18 @@ class Command:
 
 
 def commands(doc: str, markdown: str) -> list[Command]:
-    """The commands of the ``bash`` blocks: continuation lines joined, comments dropped."""
+    """The commands of the ``bash`` blocks: continuation lines joined, comments and here-documents dropped."""
     found = []
     for block in blocks(markdown):
         if block.lang not in ("bash", "sh", "shell"):
             continue
-        pending, first = "", block.line
+        pending, first, heredoc = "", block.line, None
         for n, line in enumerate(block.text.splitlines(), block.line):
+            if heredoc is not None:
+                heredoc = None if line.strip() == heredoc else heredoc
+                continue
+            if m := re.search(r"<<-?\s*['\"]?(\w+)", line):
+                heredoc = m.group(1)
             if not pending:
                 first = n
             if line.rstrip().endswith("\\"):
