@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from pipeline.config import ScoreConfig, StorageSettings
+from pipeline.config import ScoreConfig, StorageSettings, TrainConfig
 from pipeline.io.storage import Storage
 from pipeline.results.rows import read_rows
 from pipeline.score import run_score
-from pipeline.train import TrainConfig, run_train
+from pipeline.train import run_train
 
 TINY = {"clip_arch": "tiny-vit-test", "image_size": 64}
 SETTINGS = {

@@ -1,6 +1,6 @@
 """Typed, validated job configuration: the shared sections, each job's config, and loading from YAML and flags."""
 
-from pipeline.config.jobs import EvaluateConfig, FitConfig, ImportConfig, ScoreConfig
+from pipeline.config.jobs import EvaluateConfig, FitConfig, ImportConfig, ScoreConfig, TrainConfig
 from pipeline.config.loading import SECRETS, dump_config, load_config
 from pipeline.config.sections import (
     DecodeSettings,
@@ -14,5 +14,6 @@ from pipeline.config.sections import (
 )
 
 __all__ = ["SECRETS", "DecodeSettings", "EvaluateConfig", "FitConfig", "ImportConfig", "Interpolation", "JobConfig",
-           "RuntimeSettings", "ScoreConfig", "StorageSettings", "StrictModel", "TrackingSettings", "VideoSettings",
+           "RuntimeSettings", "ScoreConfig", "StorageSettings", "StrictModel", "TrackingSettings", "TrainConfig",
+           "VideoSettings",
            "dump_config", "load_config"]
