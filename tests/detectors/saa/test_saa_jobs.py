@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import free_port, s3_buckets  # noqa: F401 - keeps conftest's environment set-up
 
 from jobs import score
 from pipeline.config import ScoreConfig, StorageSettings
@@ -21,6 +20,7 @@ from pipeline.errors import ConfigError
 from pipeline.io.storage import Storage
 from pipeline.results.rows import read_rows
 from pipeline.score import run_score
+from tests.helpers.runs import free_port, s3_buckets  # noqa: F401 - keeps conftest's environment set-up
 
 FAST = {"saliency_backbone": "resnet18", "saliency_size": 64}
 

@@ -6,7 +6,8 @@ import shutil
 import subprocess
 
 import pytest
-from test_evaluate import evaluate, write_run
+
+from tests.helpers.evaluation_runs import evaluate, write_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

@@ -4,8 +4,6 @@ anomaly and deformation maps, per-image score components and training loss, with
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -16,8 +14,9 @@ from pipeline.detectors.dmad import DMADDetector, normalise
 from pipeline.detectors.dmad import image_model as ppdm
 from pipeline.detectors.dmad.importer import official_image_state_to_ours
 from pipeline.detectors.dmad.settings import DMADSettings
+from tests.helpers import OFFICIAL
 
-REFERENCE = Path(__file__).parent / "data" / "official" / "dmad" / "image" / "image.pt"
+REFERENCE = OFFICIAL / "dmad" / "image" / "image.pt"
 TOLERANCE = 1e-4
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

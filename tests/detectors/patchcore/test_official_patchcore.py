@@ -25,8 +25,9 @@ from pipeline.config import StorageSettings
 from pipeline.detectors.patchcore import PatchCoreDetector
 from pipeline.detectors.patchcore.importer import convert
 from pipeline.io.storage import Storage
+from tests.helpers import OFFICIAL
 
-DATA = pathlib.Path(__file__).parent / "data" / "official" / "patchcore"
+DATA = OFFICIAL / "patchcore"
 _spec = importlib.util.spec_from_file_location("patchcore_make_reference", DATA / "make_reference.py")
 make_reference = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_reference)

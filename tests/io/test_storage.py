@@ -27,7 +27,6 @@ from botocore.exceptions import (
 )
 from fsspec.exceptions import FSTimeoutError
 from PIL import Image
-from relay import Relay, without_hanging
 from s3fs.errors import translate_boto_error
 
 from pipeline.config import DecodeSettings, StorageSettings, VideoSettings
@@ -37,6 +36,7 @@ from pipeline.io import storage as storage_module
 from pipeline.io.batches import Decoded, _iter_decoded
 from pipeline.io.sources import iter_unit_items, list_inputs, plan_units, plan_video_units
 from pipeline.io.storage import Storage, backoff_s
+from tests.helpers.relay import Relay, without_hanging
 
 LOCAL = Storage(StorageSettings())
 BUCKET = "outage"

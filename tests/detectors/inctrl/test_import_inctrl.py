@@ -10,7 +10,6 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import s3_buckets
 
 from jobs import import_checkpoint as import_job
 from pipeline.config import ScoreConfig, StorageSettings
@@ -23,6 +22,7 @@ from pipeline.io.decode import decode_image
 from pipeline.io.storage import Storage
 from pipeline.results.rows import read_rows
 from pipeline.score import run_score
+from tests.helpers.runs import s3_buckets
 
 STORAGE = Storage(StorageSettings())
 ARCH = "tiny-inctrl-test"

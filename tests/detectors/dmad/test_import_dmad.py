@@ -9,8 +9,6 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import seeded_torchvision_cache
-from test_official_dmad import DATA, official_state, official_windows
 from torch import nn
 
 from pipeline.config import StorageSettings
@@ -19,6 +17,9 @@ from pipeline.detectors.dmad import video_model as pdm
 from pipeline.detectors.dmad.image_model import ImageDMAD
 from pipeline.detectors.dmad.importer import IMAGE_PARTS, WIDE_RESNET50_CHANNELS, convert
 from pipeline.io.storage import Storage
+from tests.helpers.official import DMAD as DATA
+from tests.helpers.official import official_state, official_windows
+from tests.helpers.runs import seeded_torchvision_cache
 
 STORAGE = Storage(StorageSettings())
 OFFICIAL = "model.final_future_prediction_ped2"

@@ -10,7 +10,6 @@ cases, CPU float32): pixel maps 5.7e-6, layer maps 2.0e-6, text features 3.1e-7,
 scores 0.
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,26 +23,15 @@ from pipeline.detectors.anomalyclip.settings import AnomalyCLIPSettings
 from pipeline.features.clip import load_clip, normalize, uses_quick_gelu
 from pipeline.features.preprocess import gaussian_blur
 from pipeline.io.storage import Storage
+from tests.helpers import OFFICIAL
+from tests.helpers.official import openai_state_file
 
-DATA = Path(__file__).parent / "data" / "official" / "anomalyclip"
+DATA = OFFICIAL / "anomalyclip"
 STORAGE = Storage(StorageSettings())
 TOLERANCE = 1e-4
 CASES = {"fixed": {"feature_layers": [2, 3, 5, 6]}, "released": {"feature_layers": [6]}}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def openai_state_file(folder: Path) -> Path:
-    """The stored tiny CLIP as OpenAI's TorchScript ``state_dict()`` gives it: full token table, and the
-    ``input_resolution``/``context_length``/``vocab_size`` entries that say the weights are OpenAI's."""
-    stored = torch.load(DATA / "clip_tiny.pt", weights_only=True)
-    table = torch.zeros(stored["vocab_size"], stored["token_rows"].shape[1])
-    table[stored["token_ids"]] = stored["token_rows"]
-    state = {**stored["state_dict"], "token_embedding.weight": table, "input_resolution": torch.tensor(32),
-             "context_length": torch.tensor(77), "vocab_size": torch.tensor(stored["vocab_size"])}
-    path = folder / "clip_openai_layout.pt"
-    torch.save(state, path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,8 +22,9 @@ from pipeline.detectors.saa.stages import (
 )
 from pipeline.errors import ConfigError
 from pipeline.io.storage import Storage
+from tests.helpers import REPO
 
-ROOT = Path(__file__).parent.parent
+ROOT = REPO
 TINY = {"gdino_weights": "none", "sam_weights": "none", "saliency_backbone": "resnet18", "saliency_size": 64}
 
 

@@ -12,36 +12,15 @@ import faiss
 import numpy as np
 import pytest
 import torch
-from conftest import s3_buckets, seeded_torchvision_cache
 
 from pipeline.config import StorageSettings
 from pipeline.detectors.patchcore import PatchCoreDetector
 from pipeline.detectors.patchcore.importer import ImportRefused, convert
 from pipeline.io.storage import Storage
+from tests.helpers.official import released_folder
+from tests.helpers.runs import s3_buckets
 
 STORAGE = Storage(StorageSettings())
-
-
-def released_folder(folder: Path, backbone: str = "resnet18", side: int = 64, embed_dim: int = 64,
-                    patchsize: int = 3, num_nn: int = 2, n_vectors: int = 300, **overrides) -> Path:
-    """What the official ``PatchCore.save_to_path`` writes, with seeded random bank vectors."""
-    folder.mkdir(parents=True, exist_ok=True)
-    params = {"backbone.name": backbone, "layers_to_extract_from": ["layer2", "layer3"], "input_shape": (3, side, side),
-              "pretrain_embed_dimension": 96, "target_embed_dimension": embed_dim, "patchsize": patchsize,
-              "patchstride": 1, "anomaly_scorer_num_nn": num_nn} | overrides
-    (folder / "patchcore_params.pkl").write_bytes(pickle.dumps(params, pickle.HIGHEST_PROTOCOL))
-    index = faiss.IndexFlatL2(embed_dim)
-    index.add(np.random.default_rng(0).normal(size=(n_vectors, embed_dim)).astype(np.float32))
-    faiss.write_index(index, str(folder / "nnscorer_search_index.faiss"))
-    return folder
-
-
-@pytest.fixture()
-def seeded_torchvision_resnet18(tmp_path, monkeypatch) -> torch.nn.Module:
-    """$TORCH_HOME holding a seeded resnet18 under torchvision's IMAGENET1K_V1 file name (nothing downloads)."""
-    model = seeded_torchvision_cache(tmp_path / "torch-home", "resnet18", 3)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    return model
 
 
 def test_imported_bank_scores_with_the_official_rule_and_the_shifted_backbone(tmp_path, seeded_torchvision_resnet18):

@@ -2,7 +2,6 @@
 seeded weights and inputs, compared to 1e-4 (features, offsets, masks, predictions, maps, frame components, the
 training loss, frame scores)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,10 @@ import torch
 from pipeline.detectors.dmad import video_model as pdm
 from pipeline.detectors.dmad.importer import official_settings, official_state_to_ours
 from pipeline.detectors.dmad.video_model import VideoDMAD
+from tests.helpers import OFFICIAL
+from tests.helpers.official import official_state, official_windows
 
-DATA = Path(__file__).parent / "data" / "official" / "dmad"
+DATA = OFFICIAL / "dmad"
 TOL = 1e-4
 COMPONENTS = {"ped2": {"deformation": "err1", "reconstruction": "mse2", "gradient": "grad"},
               "avenue": {"deformation": "err1", "reconstruction": "mse2", "gradient": "grad"},
@@ -20,22 +21,6 @@ COMPONENTS = {"ped2": {"deformation": "err1", "reconstruction": "mse2", "gradien
 CROP = (slice(112, 144), slice(64, 128))
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def official_state(layout: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    ref = torch.load(DATA / f"{layout}.pt", weights_only=True)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in ref["state"].items()}
-    background = torch.from_numpy(np.load(DATA / f"{layout}_background.npz")["u8"].astype(np.float32) / 127.5 - 1)
-    state["bkg"] = background.permute(0, 3, 1, 2) if layout == "shanghai" else background[0].permute(2, 0, 1)
-    return ref, state
-
-
-def official_windows(layout: str) -> torch.Tensor:
-    """The official DataLoader's windows: 5 frames in -1..1 on channels, ``[T-4, 15, H, W]``."""
-    frames = np.load(DATA / "frames.npz")
-    x = frames["bgr"] if layout == "ped2" else np.repeat(frames["gray"][..., None], 3, axis=-1)
-    x = torch.from_numpy(x.astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2)
-    return torch.stack([x[i:i + 5].reshape(15, *x.shape[-2:]) for i in range(len(x) - 4)])
 
 
 def ported(layout: str) -> tuple[dict, VideoDMAD]:

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from conftest import small_patchcore
 
 from pipeline.config import FitConfig, StorageSettings
 from pipeline.detectors.patchcore.fit import run_fit
@@ -13,6 +12,7 @@ from pipeline.memory_bank.bank import (
     resolve_bank_uri,
 )
 from pipeline.memory_bank.index import ShardedIndex, build_index, split_rows
+from tests.helpers.runs import small_patchcore
 
 STORAGE = Storage(StorageSettings())
 

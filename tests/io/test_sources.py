@@ -4,12 +4,12 @@ import tarfile
 
 import numpy as np
 from PIL import Image
-from relay import without_hanging
 
 from pipeline.config import DecodeSettings, StorageSettings
 from pipeline.io.batches import Decoded, Failed, _iter_decoded
 from pipeline.io.sources import Listing, iter_unit_items, list_inputs, plan_units
 from pipeline.io.storage import Storage
+from tests.helpers.relay import without_hanging
 
 STORAGE = Storage(StorageSettings())
 

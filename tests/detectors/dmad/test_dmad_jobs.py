@@ -6,7 +6,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from conftest import free_port  # noqa: F401 - keeps conftest's environment set-up
 
 from pipeline.config import ScoreConfig, StorageSettings, TrainConfig
 from pipeline.demo_data import make_video
@@ -15,6 +14,7 @@ from pipeline.io.storage import Storage
 from pipeline.results.rows import read_rows
 from pipeline.score import run_score
 from pipeline.train import run_train
+from tests.helpers.runs import free_port  # noqa: F401 - keeps conftest's environment set-up
 
 TINY = {"variant": "video", "image_size": 256, "in_frames": 2, "code_dim": 16, "skip_channels": 2,
         "offset_channels": 8, "codebook_size": 16, "window": 3, "window_keep": 2}

@@ -17,8 +17,9 @@ from pipeline.detectors.inctrl import encode_images, load_checkpoint, read_promp
 from pipeline.detectors.inctrl.importer import convert
 from pipeline.features.clip import CLIP_MEAN, CLIP_STD
 from pipeline.io.storage import Storage
+from tests.helpers import OFFICIAL
 
-DATA = Path(__file__).parent / "data" / "official" / "inctrl"
+DATA = OFFICIAL / "inctrl"
 STORAGE = Storage(StorageSettings())
 TOLERANCE = 1e-4
 

@@ -11,7 +11,6 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import s3_buckets
 
 from jobs import import_checkpoint as import_job
 from pipeline.config import ScoreConfig, StorageSettings
@@ -23,7 +22,9 @@ from pipeline.io.decode import decode_image
 from pipeline.io.storage import Storage
 from pipeline.results.rows import read_rows
 from pipeline.score import run_score
-from tests.test_official_anomalyclip import DATA, openai_state_file
+from tests.helpers.official import ANOMALYCLIP as DATA
+from tests.helpers.official import openai_state_file
+from tests.helpers.runs import s3_buckets
 
 STORAGE = Storage(StorageSettings())
 SOURCE = DATA / "prompt_learner.pth"

@@ -8,7 +8,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import small_patchcore
 
 from jobs.evaluate import main as evaluate_main
 from pipeline.config import DecodeSettings, FitConfig, ScoreConfig, StorageSettings, VideoSettings
@@ -22,9 +21,11 @@ from pipeline.io.storage import Storage
 from pipeline.io.video import MIN_PLAUSIBLE_BYTES_PER_FRAME, frame_ranges, iter_frames, probe
 from pipeline.results.rows import read_rows
 from pipeline.score import run_score
+from tests.helpers import TEST_DATA
+from tests.helpers.runs import small_patchcore
 
 STORAGE = Storage(StorageSettings())
-TREE = Path(__file__).resolve().parent / "data" / "tree.avi"  # real Cinepak video (OpenCV sample data)
+TREE = TEST_DATA / "tree.avi"  # real Cinepak video (OpenCV sample data)
 
 
 def frames(path, start=0, end=None, stride=1) -> list[int]:
