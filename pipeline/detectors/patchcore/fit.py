@@ -112,11 +112,11 @@ class FitWorker:
                            pc.coreset_dtype)
 
     def calibration_scores(self, units: list[WorkUnit], vectors: np.ndarray, meta: BankMetadata) -> list[float]:
-        index = ShardedIndex([bank_index.build_index(vectors, meta.index_dtype)])
+        index = ShardedIndex([bank_index.build_index(vectors, meta.patchcore.index_dtype)])
         detector = PatchCoreDetector(self.embedder, build_knn(index, "auto", self.device), meta, self.device)
         scores: list[float] = []
         for unit in units:
-            for batch in iter_batches(self.storage, unit, self.cfg.decode, preprocess_of(meta),
+            for batch in iter_batches(self.storage, unit, self.cfg.decode, preprocess_of(meta.patchcore),
                                       self.cfg.patchcore.batch_size, self.threads):
                 if batch.tensor is not None:
                     scores += detector.score(batch.tensor).scores.tolist()
@@ -169,7 +169,7 @@ def _parent(storage: Storage, cfg: FitConfig) -> tuple[FitConfig, BankMetadata |
                           f"features come from a backbone with shifted BatchNorm statistics; our fits use the clean "
                           f"backbone, so its vectors cannot be extended: fit a new bank instead")
     vectors = load_index(storage, uri, parent).all_vectors()
-    inherited = {k: getattr(parent, k) for k in FEATURE_SETTINGS}
+    inherited = {k: getattr(parent.patchcore, k) for k in FEATURE_SETTINGS}
     cfg = cfg.model_copy(update={"patchcore": cfg.patchcore.model_copy(update=inherited)})
     return cfg, parent, vectors
 
@@ -263,15 +263,9 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
         listing_fingerprint=listing_fingerprint(listing.images + listing.tars + listing.videos))]
     meta = BankMetadata(
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), normal_uri=cfg.normal,
-        parent=parent.version if parent else None, lineage=lineage,
-        backbone=pc.backbone, weights=pc.weights, weights_fingerprint=weights_fingerprint, seed=pc.seed,
-        layers=pc.layers, image_size=pc.image_size, crop_fraction=pc.crop_fraction,
-        interpolation=pc.interpolation, pretrain_embed_dim=pc.pretrain_embed_dim,
-        embed_dim=pc.embed_dim, grid=grid, patchsize=pc.patchsize,
-        patch_distance=parent.patch_distance if parent else "squared", anomaly_scorer_num_nn=pc.anomaly_scorer_num_nn,
-        coreset_ratio=pc.coreset_ratio,
-        coreset_projection_dim=pc.coreset_projection_dim, num_neighbors=pc.num_neighbors, reweight=pc.reweight,
-        sigma=pc.sigma, precision=pc.precision, index_dtype=pc.index_dtype,
+        parent=parent.version if parent else None, lineage=lineage, patchcore=pc,
+        weights_fingerprint=weights_fingerprint, grid=grid,
+        patch_distance=parent.patch_distance if parent else "squared",
         n_images=n_images + (parent.n_images if parent else 0), n_errors=len(errors), n_patches=total_patches,
         n_bank=len(union), n_shards=n_shards, threshold=parent.threshold if parent else None,
         calibration=parent.calibration if parent else {}, fingerprint=fingerprint(union),
@@ -321,7 +315,7 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
             run.json_artifact("lineage.json", [e.model_dump() for e in meta.lineage])
             run.json_artifact("fit_summary.json", summary)
             bank_uri = join(cfg.bank, meta.version)
-            if sum(s.n_vectors for s in meta.shards) * meta.embed_dim * 4 <= MAX_LOGGED_INDEX_BYTES:
+            if sum(s.n_vectors for s in meta.shards) * meta.patchcore.embed_dim * 4 <= MAX_LOGGED_INDEX_BYTES:
                 for shard in meta.shards:
                     run.file_artifact(shard.file, storage.read_bytes(join(bank_uri, shard.file)), folder="bank")
             summary["mlflow_run_id"] = run.run_id

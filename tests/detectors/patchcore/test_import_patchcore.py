@@ -128,7 +128,7 @@ def test_import_to_s3_and_score_from_there(tmp_path, s3_endpoint, seeded_torchvi
     storage = Storage(StorageSettings(endpoint_url=s3_endpoint))
     applied = convert(released_folder(tmp_path / "src", patchsize=5, num_nn=1), "s3://pc-import/bank", storage)
     detector = PatchCoreDetector.load(storage, "s3://pc-import/bank")
-    assert applied["version"] == detector.meta.version == "v0001" and detector.meta.patchsize == 5
+    assert applied["version"] == detector.meta.version == "v0001" and detector.meta.patchcore.patchsize == 5
     assert detector.score(torch.rand(1, 3, 64, 64)).scores.shape == (1,)
 
 
