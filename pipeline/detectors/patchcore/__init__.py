@@ -23,6 +23,7 @@ _HOMES = {
     "PatchCoreSettings": "pipeline.detectors.patchcore.settings",
     "PlainUnpickler": "pipeline.detectors.patchcore.importer",
     "RELIABLE_CALIBRATION_IMAGES": "pipeline.detectors.patchcore.fit",
+    "Round1": "pipeline.detectors.patchcore.fit",
     "build_embedder": "pipeline.detectors.patchcore.detector",
     "convert": "pipeline.detectors.patchcore.importer",
     "load_for_score": "pipeline.detectors.patchcore.detector",
