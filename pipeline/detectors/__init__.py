@@ -1,12 +1,8 @@
-"""The detectors: the protocol every detector follows, the registry, and one package per detector.
-
-Public names are re-exported here and imported on first use (PEP 562), so importing one of them loads only
-its own module."""
+"""The detectors: the protocol every detector follows, the registry, and one package per detector."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipeline.lazy_exports import lazy_exports
 
 _HOMES = {
     "DETECTORS": "pipeline.detectors.registry",
@@ -29,12 +25,4 @@ _HOMES = {
     "setting_value": "pipeline.detectors.registry",
 }
 
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _HOMES)

@@ -1,12 +1,8 @@
-"""Feature extractors: CNN backbones and their weights, PatchCore's patch embedding, CLIP, preprocessing.
-
-Public names are re-exported here and imported on first use (PEP 562), so importing one of them loads only
-its own module."""
+"""Feature extractors: CNN backbones and their weights, PatchCore's patch embedding, CLIP, preprocessing."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipeline.lazy_exports import lazy_exports
 
 _HOMES = {
     "CLIP_MEAN": "pipeline.features.clip",
@@ -37,12 +33,4 @@ _HOMES = {
     "uses_quick_gelu": "pipeline.features.clip",
 }
 
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _HOMES)

@@ -1,12 +1,8 @@
-"""Reading inputs: object storage, listings and work units, image and video decoding, batches, prefetch, safe YAML.
-
-Public names are re-exported here and imported on first use (PEP 562), so importing one of them loads only
-its own module."""
+"""Reading inputs: object storage, listings and work units, image and video decoding, batches, prefetch, safe YAML."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipeline.lazy_exports import lazy_exports
 
 _HOMES = {
     "BACKOFF_CAP_S": "pipeline.io.storage",
@@ -54,12 +50,4 @@ _HOMES = {
     "to_device": "pipeline.io.prefetch",
 }
 
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _HOMES)

@@ -1,12 +1,8 @@
-"""PatchCore's memory bank: greedy coreset (numpy or on the device), distributed merge, faiss shards, kNN, versions.
-
-Public names are re-exported here and imported on first use (PEP 562), so importing one of them loads only
-its own module."""
+"""PatchCore's memory bank: greedy coreset (numpy or on the device), distributed merge, faiss shards, kNN, versions."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipeline.lazy_exports import lazy_exports
 
 _HOMES = {
     "BankMetadata": "pipeline.memory_bank.bank",
@@ -49,12 +45,4 @@ _HOMES = {
     "upgrade_legacy": "pipeline.memory_bank.bank",
 }
 
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _HOMES)

@@ -1,14 +1,12 @@
 """DMAD (Liu et al., CVPR 2023): reconstruction through a VQ codebook with a pyramid deformation module;
 video and image variants.
 
-Public names are re-exported here and imported on first use (PEP 562), so the registry and the command
-lines can name a detector's settings without loading torch or the models. ``losses`` and ``smoothness`` exist
-in both variants' modules (``image_model``, ``video_model``): import them from there."""
+``losses`` and ``smoothness`` exist in both variants' modules (``image_model``, ``video_model``): import them
+from there."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipeline.lazy_exports import lazy_exports
 
 _HOMES = {
     "ALLOWED": "pipeline.detectors.dmad.unpickle",
@@ -108,12 +106,4 @@ _HOMES = {
     "video_losses": "pipeline.detectors.dmad.detector",
 }
 
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _HOMES)
