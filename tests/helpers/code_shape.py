@@ -14,6 +14,9 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+DEFERRING = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.With)
+
+
 def _module_level_imports(tree: ast.Module, deferred: bool = False) -> list[str]:
     """Modules imported when the module itself is imported: top-level statements, not ``if TYPE_CHECKING:``
     blocks (never run). ``deferred``: also the imports inside functions (they run when the function does)."""
@@ -29,7 +32,7 @@ def _module_level_imports(tree: ast.Module, deferred: bool = False) -> list[str]
             elif isinstance(node, ast.If) and not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
                 visit(node.body)
                 visit(node.orelse)
-            elif isinstance(node, ast.Try) or deferred and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.With)):
+            elif isinstance(node, ast.Try) or (deferred and isinstance(node, DEFERRING)):
                 visit(node.body)
 
     visit(tree.body)
