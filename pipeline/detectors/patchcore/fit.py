@@ -24,6 +24,7 @@ import torch
 from pipeline.config import FitConfig
 from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder, preprocess_of
 from pipeline.errors import ConfigError, RunIncomplete, SetupError
+from pipeline.features.preprocess import describe_inspected
 from pipeline.io.batches import iter_batches
 from pipeline.io.prefetch import prefetched, to_device
 from pipeline.io.sources import Listing, WorkUnit, list_inputs, plan_units, plan_video_units, stable_hash
@@ -52,7 +53,7 @@ from pipeline.runtime import (
     setup_worker_threads,
     start_error_line,
 )
-from pipeline.tracking import check_tracking, flatten, start_run
+from pipeline.tracking import check_tracking, flatten, random_weights_tags, start_run
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,9 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     cfg, parent, parent_vectors = _parent(storage, cfg)
     pc = cfg.patchcore
     _check_weights(storage, pc.backbone, pc.weights)
+    fraction = preprocess_of(pc).inspected_fraction
+    log.log(logging.INFO if fraction >= 1 else logging.WARNING, "patchcore.crop_fraction=%s: %s", pc.crop_fraction,
+            describe_inspected(fraction))
     listing = list_inputs(storage, cfg.normal)
     if not listing.images and not listing.tars and not listing.videos:
         raise ConfigError(f"normal={cfg.normal}: no images, .tar shards or videos found")
@@ -294,12 +298,16 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
     t4 = time.perf_counter()
     meta = publish_bank(storage, cfg.bank, union, meta, pc.shard_vectors)
     publish_s = time.perf_counter() - t4
+    fraction = preprocess_of(pc).inspected_fraction
+    inspected = {"inspected_fraction": fraction, "inspected_area_fraction": fraction ** 2}
     summary = {
         "bank": cfg.bank, "version": meta.version, "parent": meta.parent, "fingerprint": meta.fingerprint,
         "n_inputs": len(listing.images) + len(listing.tars) + len(listing.videos), "n_train_images": n_images,
         "n_calibration_images": len(calibration), "n_errors": len(errors), "n_patches": n_patches,
         "n_bank": meta.n_bank, "n_index_shards": len(meta.shards), "n_feature_shards": n_shards,
         "threshold": meta.threshold,
+        "random_weights": [f"the {pc.backbone} backbone (patchcore.weights=none)"] if pc.weights == "none" else [],
+        **inspected,
         "errors": [{"source_uri": s, "member": m, "error": e} for s, m, e in errors],
         "coreset_merge_rounds": merge_rounds,
         "seconds": {"startup": startup_s, "features_and_local_coreset": round1_s, "coreset_merge": merge_s,
@@ -312,9 +320,9 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
     try:
         with start_run(cfg.tracking, f"fit-{meta.version}", "fit") as run:
             run.params(flatten(cfg.model_dump()) | {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint,
-                                                   "bank.parent": meta.parent})
+                                                   "bank.parent": meta.parent} | inspected)
             run.tags({"bank_uri": cfg.bank, "bank_version": meta.version, "bank_parent": meta.parent or "",
-                      "normal_uri": cfg.normal})
+                      "normal_uri": cfg.normal} | random_weights_tags(summary["random_weights"]))
             run.metrics({"n_train_images": n_images, "n_errors": len(errors), "n_patches": n_patches,
                          "n_bank": meta.n_bank} | {f"seconds_{k}": v for k, v in summary["seconds"].items()})
             run.json_artifact("bank.json", meta.model_dump())
