@@ -311,7 +311,8 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
 
     earlier = _read_json(storage, layout.summary)
     summary = {
-        "run_id": run_id, "output": run_uri, "input": cfg.input, "detector": cfg.detector,
+        "run_id": run_id, "output": run_uri, "input": cfg.input, "input_uri": storage.canonical(cfg.input),
+        "detector": cfg.detector,
         "model_uri": model.uri, "model_version": model.version,
         **{k.replace(".", "_"): v for k, v in model.params.items()},
         "random_weights": list(model.random_weights), **inspected(model),

@@ -3,12 +3,16 @@ first, captions that tell same-named inputs apart, the colour bar with its thres
 missed defects and false alarms, errors grouped by reason without object reprs, readable metrics before the raw
 table (whose numbers are evaluation.json's)."""
 
+import base64
+import io
 import json
 import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
+from PIL import Image
 from test_evaluate import evaluate, sinks_storage, write_run
 
 from pipeline.results import heatmap_key
@@ -91,7 +95,7 @@ def test_report_reads_as_an_inspector_needs_in_chromium(dataset, tmp_path):
     run = write_run(dataset, tmp_path, scores=[0.2, 0.9, 0.6, 0.4, 0.3, 0.7, 0.35, 0.45])
     add_rows(dataset, run)
     (run / "summary.json").write_text(json.dumps({
-        "input": f"{dataset}/test", "detector": "patchcore", "model_version": "v0001:sha256:0123",
+        "input": "test", "input_uri": f"{dataset}/test", "detector": "patchcore", "model_version": "v0001:sha256:0123",
         "random_weights": [RANDOM], "inspected_fraction": 0.875, "inspected_area_fraction": 0.765625}))
     frames = tmp_path / "frames.csv"
     frames.write_text("source,frame_index,label\n" + "".join(f"cam1.mp4,{f},{int(3 <= f <= 5)}\n" for f in range(10)))
@@ -123,6 +127,14 @@ def test_report_reads_as_an_inspector_needs_in_chromium(dataset, tmp_path):
     assert gallery[1].startswith("0.9000 flagged | defect/0001.png | labelled defect")
     assert "0.2000 | defect/0000.png | labelled defect (defect) | green: the labelled defect" in gallery
     assert "0.3000 | good/0000.png | labelled normal (good)" in gallery
+
+    # thumbnails frame the part the model inspected (the centred 87.5 % of each side): a dashed white line
+    thumb = Image.open(io.BytesIO(base64.b64decode(re.search(
+        r'id="gallery"><figure class="card"><img src="data:image/png;base64,([^"]+)"', page).group(1)))).convert("RGB")
+    edge = round(thumb.width * 0.0625)
+    top = np.asarray(thumb)[edge, edge:thumb.width - edge]
+    assert 0.3 < (top == 255).all(axis=1).mean() < 0.9  # dashed: white with gaps
+    assert not (np.asarray(thumb)[edge - 2] == 255).all(axis=1).any()  # outside it, the heatmap as drawn
 
     # the colour bar: a gradient, 0 to twice the threshold, the threshold marked in the middle
     bar = found["bar"]

@@ -325,7 +325,7 @@ def build_report(storage: Any, run_uri: str, rows: list[dict[str, Any]], videos:
     threshold = next((r.get("threshold") for r in rows if r.get("threshold") is not None), summary.get("threshold"))
     images = [r for r in rows if r["status"] == "ok" and r.get("frame_index") is None]
     decisions = decisions_of(images, labels)
-    place = Place(summary.get("input"))
+    place = Place(summary.get("input_uri") or summary.get("input"))  # input_uri: absolute, as the rows' URIs
     cards = CardMaker(storage, place, summary.get("inspected_fraction"))
     name = run_uri.rstrip("/").rsplit("/", 1)[-1]
     sections = [
