@@ -53,7 +53,7 @@ def test_every_flag_names_a_described_setting():
         for flag in job_flags(model, job.FLAGS):
             assert field_of(model, flag.key).description, flag.key
             assert flag.help is None, f"{flag.name}: describe it in the model instead"
-    from pipeline.train import TrainConfig
+    from pipeline.config import TrainConfig
 
     for flag in job_flags(TrainConfig, train.FLAGS):
         assert field_of(TrainConfig, flag.key).description or flag.help, flag.key

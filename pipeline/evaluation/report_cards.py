@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.evaluation import metrics
+import pipeline.evaluation.metrics as metrics
 from pipeline.evaluation.labels import ImageLabel, load_mask
 from pipeline.io.decode import decode_image
 from pipeline.results.heatmaps import RAMP, SCALE_SPAN

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.evaluation import metrics  # noqa: E402
+import pipeline.evaluation.metrics as metrics  # noqa: E402
 
 
 def _img(fig: Any, alt: str) -> str:
