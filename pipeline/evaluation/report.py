@@ -210,7 +210,7 @@ def video_events(cards: CardMaker, rows: list[dict[str, Any]], videos: list[dict
             event_cards.append(cards.card(peak, note=note))
         if not segments.get(uri):
             peak = max(items, key=lambda r: r["score"])
-            quiet.append(f"<li>{html.escape(cards.place.name(peak).rsplit(' frame', 1)[0])}: no anomalous segment "
+            quiet.append(f"<li>{html.escape(cards.place.path(uri))}: no anomalous segment "
                          f"(peak score {peak['score']:.4g} at frame {peak['frame_index']})</li>")
         labelled = [f for (src, f), lab in (labels.frames.items() if labels else [])
                     if lab and (src is None or uri.endswith(src))]
