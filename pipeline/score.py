@@ -69,7 +69,6 @@ class ScoreWorker:
 
     def __init__(self, cfg: ScoreConfig, run_id: str, model: ModelRef):
         self.cfg, self.run_id = cfg, run_id
-        self.layout = RunLayout.of(cfg.output, run_id)
         self.storage = Storage(cfg.storage)
         self.device = setup_worker_threads(cfg.runtime)
         self.threads = decode_threads(cfg.runtime)
@@ -78,6 +77,10 @@ class ScoreWorker:
 
     def ready(self) -> str:
         return self.detector.version
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout.of(self.cfg.output, self.run_id)
 
     def score_unit(self, unit: WorkUnit) -> dict[str, Any]:
         cfg, det = self.cfg, self.detector

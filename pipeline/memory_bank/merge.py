@@ -27,7 +27,7 @@ from pipeline.memory_bank.device_coreset import greedy_kcenter_torch
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-def resolve_engine(engine: str, device: str) -> str:
+def resolve_coreset_engine(engine: str, device: str) -> str:
     """``auto`` -> torch on CUDA, numpy (pruned loop) elsewhere."""
     if engine == "auto":
         return "torch" if str(device).startswith("cuda") else "numpy"
@@ -37,7 +37,7 @@ def resolve_engine(engine: str, device: str) -> str:
 def select_coreset(features: torch.Tensor, k: int, projection: np.ndarray | None, seed: int, engine: str = "auto",
                    dtype: str = "float32") -> torch.Tensor:
     """Sorted indices (on ``features.device``) of ``k`` rows chosen farthest-first on the projected rows."""
-    if resolve_engine(engine, features.device.type) == "torch":
+    if resolve_coreset_engine(engine, features.device.type) == "torch":
         proj = features.float()
         if projection is not None:
             proj = proj @ torch.from_numpy(projection).to(features.device)

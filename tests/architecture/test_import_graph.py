@@ -116,3 +116,13 @@ def test_drivers_name_no_detector():
         strings = {n.value.lower() for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
         for name in DETECTOR_NAMES:
             assert not [s for s in strings if name in s.split()], (driver, name)
+
+
+def test_every_package_re_export_resolves_to_its_home():
+    """``from pipeline.<package> import Name`` works for every name a package lists, from the module it names."""
+    import importlib
+
+    for init in sorted((ROOT / "pipeline").rglob("__init__.py")):
+        package = importlib.import_module(_module_name(init))
+        for name, home in getattr(package, "_HOMES", {}).items():
+            assert getattr(package, name) is getattr(importlib.import_module(home), name), (package.__name__, name)

@@ -42,7 +42,7 @@ from pipeline.features.patch_embedding import PatchEmbedder
 from pipeline.features.preprocess import Preprocess, gaussian_blur
 from pipeline.io.storage import Storage
 from pipeline.memory_bank.bank import BankMetadata, load_index, load_metadata, resolve_bank_uri
-from pipeline.memory_bank.knn import NearestNeighbours, build_knn, resolve_engine
+from pipeline.memory_bank.knn import NearestNeighbours, build_knn, resolve_knn_engine
 
 
 def build_embedder(settings: PatchCoreSettings, storage: Storage, device: str = "cpu",
@@ -107,7 +107,7 @@ class PatchCoreDetector:
                 f"bank {uri}: backbone weights {meta.patchcore.weights} now have fingerprint {weights_fingerprint}, "
                 f"the bank was built with {meta.weights_fingerprint}"
             )
-        use_faiss_gpu = resolve_engine(engine, device) == "faiss" and device.startswith("cuda")
+        use_faiss_gpu = resolve_knn_engine(engine, device) == "faiss" and device.startswith("cuda")
         index = load_index(storage, uri, meta, use_gpu=use_faiss_gpu)
         return cls(embedder, build_knn(index, engine, device, precision), meta, device)
 
