@@ -25,6 +25,7 @@ import torch
 from pipeline.config import FitConfig
 from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder, preprocess_of
 from pipeline.errors import ConfigError, RunIncomplete, SetupError
+from pipeline.features.preprocess import describe_inspected
 from pipeline.io.batches import iter_batches
 from pipeline.io.prefetch import prefetched, to_device
 from pipeline.io.sources import Listing, WorkUnit, list_inputs, plan_units, plan_video_units, stable_hash
@@ -53,7 +54,7 @@ from pipeline.runtime import (
     setup_worker_threads,
     start_error_line,
 )
-from pipeline.tracking import check_tracking, flatten, start_run
+from pipeline.tracking import check_tracking, flatten, random_weights_tags, start_run
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,9 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     cfg, parent, parent_vectors = _parent(storage, cfg)
     pc = cfg.patchcore
     _check_weights(storage, pc.backbone, pc.weights)
+    fraction = preprocess_of(pc).inspected_fraction
+    log.log(logging.INFO if fraction >= 1 else logging.WARNING, "patchcore.crop_fraction=%s: %s", pc.crop_fraction,
+            describe_inspected(fraction))
     listing = list_inputs(storage, cfg.normal)
     if not listing.images and not listing.tars and not listing.videos:
         raise ConfigError(f"normal={cfg.normal}: no images, .tar shards or videos found")
@@ -324,12 +328,16 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
     seconds["worker_features_sum"] = sum(f for f, _ in shards.worker_s)
     seconds["worker_coreset_sum"] = sum(c for _, c in shards.worker_s)
     seconds["total"] = time.perf_counter() - t0
+    pc = cfg.patchcore
+    fraction = preprocess_of(pc).inspected_fraction
     summary = {
         "bank": cfg.bank, "version": meta.version, "parent": meta.parent, "fingerprint": meta.fingerprint,
         "n_inputs": len(listing.images) + len(listing.tars) + len(listing.videos), "n_train_images": shards.n_images,
         "n_calibration_images": len(calibration), "n_errors": len(shards.errors), "n_patches": shards.n_patches,
         "n_bank": meta.n_bank, "n_index_shards": len(meta.shards), "n_feature_shards": len(units),
         "threshold": meta.threshold,
+        "random_weights": [f"the {pc.backbone} backbone (patchcore.weights=none)"] if pc.weights == "none" else [],
+        "inspected_fraction": fraction, "inspected_area_fraction": fraction ** 2,
         "errors": [{"source_uri": s, "member": m, "error": e} for s, m, e in shards.errors],
         "coreset_merge_rounds": merge_rounds, "seconds": seconds,
     }
@@ -343,9 +351,10 @@ def _track(cfg: FitConfig, storage: Storage, meta: BankMetadata, summary: dict[s
     try:
         with start_run(cfg.tracking, f"fit-{meta.version}", "fit") as run:
             run.params(flatten(cfg.model_dump()) | {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint,
-                                                   "bank.parent": meta.parent})
+                                                   "bank.parent": meta.parent}
+                       | {k: summary[k] for k in ("inspected_fraction", "inspected_area_fraction")})
             run.tags({"bank_uri": cfg.bank, "bank_version": meta.version, "bank_parent": meta.parent or "",
-                      "normal_uri": cfg.normal})
+                      "normal_uri": cfg.normal} | random_weights_tags(summary["random_weights"]))
             run.metrics({"n_train_images": summary["n_train_images"], "n_errors": summary["n_errors"],
                          "n_patches": summary["n_patches"], "n_bank": meta.n_bank}
                         | {f"seconds_{k}": v for k, v in summary["seconds"].items()})

@@ -197,7 +197,8 @@ def test_random_weights_are_seeded_and_named_in_the_version(tiny_ref, one_torch_
     cfg, ref = tiny_ref
     digest = load_prompts(packaged_text(), None, None).digest()
     assert ref.version == f"gdino=random:tiny-test:seed=0;sam=random:tiny-test:seed=0;prompts={digest}"
-    assert "randomly initialised gdino and sam" in ref.warning
+    assert ref.random_weights == ("GroundingDINO tiny-test (saa.gdino_weights=none)",
+                                  "SAM tiny-test (saa.sam_weights=none)")
     a = load_for_score(cfg, Storage(StorageSettings()), ref, "cpu")
     b = load_for_score(cfg, Storage(StorageSettings()), ref, "cpu")
     for (name, pa), pb in zip(a.gdino.state_dict().items(), b.gdino.state_dict().values(), strict=True):
