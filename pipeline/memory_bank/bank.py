@@ -61,6 +61,7 @@ class BankMetadata(BaseModel):
     patchsize: int = 3
     coreset_ratio: float
     coreset_projection_dim: int
+    coreset_mode: Literal["exact", "official"] = "exact"  # patchcore.coreset_mode (banks before it: exact)
     patch_distance: Literal["squared", "euclidean"] = Field(
         "squared", description="patch score: mean squared L2 distance to the anomaly_scorer_num_nn nearest bank "
                                "vectors (official), or the plain L2 distance to the nearest (banks written before "

@@ -23,6 +23,7 @@ import torch
 
 from pipeline.config import FitConfig
 from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder, preprocess_of
+from pipeline.detectors.patchcore.settings import PatchCoreSettings
 from pipeline.errors import ConfigError, RunIncomplete, SetupError
 from pipeline.io.batches import iter_batches
 from pipeline.io.prefetch import prefetched, to_device
@@ -39,7 +40,7 @@ from pipeline.memory_bank.bank import (
     publish_bank,
     resolve_bank_uri,
 )
-from pipeline.memory_bank.coreset import random_projection
+from pipeline.memory_bank.coreset import CoresetMode, coreset_size, make_projection
 from pipeline.memory_bank.index import ShardedIndex
 from pipeline.memory_bank.knn import build_knn
 from pipeline.memory_bank.merge import merge_tree, reduce_rows, select_coreset
@@ -60,9 +61,17 @@ MAX_LOGGED_INDEX_BYTES = 256 * 1024 * 1024
 RELIABLE_CALIBRATION_IMAGES = 20  # below this many held-out images the calibrated threshold is a rough guess
 
 
-def local_budget(n: int, ratio: float, n_shards: int, oversample: float) -> int:
-    """Round-1 budget of a shard with ``n`` patches: its share of k, times ``min(S, oversample)``."""
-    return min(n, math.ceil(ratio * n * min(float(n_shards), oversample)))
+def local_budget(n: int, ratio: float, n_shards: int, oversample: float, mode: CoresetMode = "exact") -> int:
+    """Round-1 budget of a shard with ``n`` patches: its share of k, times ``min(S, oversample)`` (one shard:
+    exactly the coreset size of ``mode``)."""
+    return coreset_size(n, ratio * min(float(n_shards), oversample), mode)
+
+
+def bn_shift_input(settings: PatchCoreSettings) -> tuple[int, int] | None:
+    """``(H, W)`` of the official BatchNorm-shift probe (the model's input: the crop), or None for the clean
+    backbone (``patchcore.bn_shift``)."""
+    side = preprocess_of(settings).input_size
+    return (side, side) if settings.bn_shift == "official" else None
 
 
 class FitWorker:
@@ -73,9 +82,9 @@ class FitWorker:
         self.storage = Storage(cfg.storage)
         self.device = setup_worker_threads(cfg.runtime)
         self.threads = decode_threads(cfg.runtime)
-        self.embedder, self.weights_fingerprint = build_embedder(cfg.patchcore, self.storage, self.device)
         pc = cfg.patchcore
-        self.projection = random_projection(pc.embed_dim, pc.coreset_projection_dim, pc.seed)
+        self.embedder, self.weights_fingerprint = build_embedder(pc, self.storage, self.device, bn_shift_input(pc))
+        self.projection = make_projection(pc.embed_dim, pc.coreset_projection_dim, pc.seed, pc.coreset_mode)
 
     def ready(self) -> str:
         return self.weights_fingerprint
@@ -99,8 +108,9 @@ class FitWorker:
         features = torch.cat(chunks)
         del chunks
         start = time.perf_counter()
-        budget = local_budget(len(features), pc.coreset_ratio, n_shards, pc.local_oversample)
-        keep = select_coreset(features, budget, self.projection, pc.seed, pc.coreset_engine, pc.coreset_dtype)
+        budget = local_budget(len(features), pc.coreset_ratio, n_shards, pc.local_oversample, pc.coreset_mode)
+        keep = select_coreset(features, budget, self.projection, pc.seed, pc.coreset_engine, pc.coreset_dtype,
+                              pc.coreset_mode)
         return {"features": features[keep].float().cpu().numpy(), "n_images": n_images,
                 "n_patches": len(features), "errors": errors, "grid": grid, "features_s": features_s,
                 "coreset_s": time.perf_counter() - start}
@@ -109,7 +119,7 @@ class FitWorker:
         """One merge step on this worker's device: the ``budget`` rows of ``vectors`` a coreset keeps."""
         pc = self.cfg.patchcore
         return reduce_rows(vectors, budget, pc.embed_dim, pc.coreset_projection_dim, pc.seed, pc.coreset_engine,
-                           pc.coreset_dtype)
+                           pc.coreset_dtype, pc.coreset_mode)
 
     def calibration_scores(self, units: list[WorkUnit], vectors: np.ndarray, meta: BankMetadata) -> list[float]:
         index = ShardedIndex([bank_index.build_index(vectors, meta.index_dtype)])
@@ -127,7 +137,7 @@ def _merge_runner(cfg: FitConfig, pool: WorkerPool):
     """How merge steps run: on the fit workers (which hold the GPUs, if any) when they have GPUs or
     a round has several chunks to reduce in parallel; a single CPU step runs here on the driver."""
     pc = cfg.patchcore
-    args = (pc.embed_dim, pc.coreset_projection_dim, pc.seed, pc.coreset_engine, pc.coreset_dtype)
+    args = (pc.embed_dim, pc.coreset_projection_dim, pc.seed, pc.coreset_engine, pc.coreset_dtype, pc.coreset_mode)
 
     def run(jobs: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
         if cfg.runtime.num_gpus_per_worker == 0 and len(jobs) == 1:
@@ -155,7 +165,7 @@ def split_calibration(listing: Listing, fraction: float) -> tuple[Listing, list[
 
 FEATURE_SETTINGS = ("backbone", "weights", "seed", "layers", "image_size", "crop_fraction", "interpolation",
                     "pretrain_embed_dim", "embed_dim", "patchsize", "precision", "coreset_ratio",
-                    "coreset_projection_dim")
+                    "coreset_projection_dim", "coreset_mode")
 
 
 def _parent(storage: Storage, cfg: FitConfig) -> tuple[FitConfig, BankMetadata | None, np.ndarray | None]:
@@ -165,9 +175,9 @@ def _parent(storage: Storage, cfg: FitConfig) -> tuple[FitConfig, BankMetadata |
     uri = resolve_bank_uri(storage, cfg.bank, cfg.update_from)
     parent = load_metadata(storage, uri)
     if parent.bn_shift_input is not None:
-        raise ConfigError(f"update_from={parent.version}: that bank was imported from the official code, whose "
-                          f"features come from a backbone with shifted BatchNorm statistics; our fits use the clean "
-                          f"backbone, so its vectors cannot be extended: fit a new bank instead")
+        raise ConfigError(f"update_from={parent.version}: that bank's features come from a backbone with the "
+                          f"official code's shifted BatchNorm statistics (imported, or fitted with bn_shift "
+                          f"official), which cannot be rebuilt exactly for new images: fit a new bank instead")
     vectors = load_index(storage, uri, parent).all_vectors()
     inherited = {k: getattr(parent, k) for k in FEATURE_SETTINGS}
     cfg = cfg.model_copy(update={"patchcore": cfg.patchcore.model_copy(update=inherited)})
@@ -254,7 +264,7 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
     total_patches = n_patches + (parent.n_patches if parent else 0)
     parts = ([parent_vectors] if parent is not None else []) + coresets
     del coresets
-    k = min(sum(len(p) for p in parts), math.ceil(pc.coreset_ratio * total_patches))
+    k = min(sum(len(p) for p in parts), coreset_size(total_patches, pc.coreset_ratio, pc.coreset_mode))
     union, merge_rounds = merge_tree(parts, k, pc.merge_max_vectors, pc.local_oversample, _merge_runner(cfg, pool))
     merge_s = time.perf_counter() - t2
 
@@ -269,7 +279,7 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
         interpolation=pc.interpolation, pretrain_embed_dim=pc.pretrain_embed_dim,
         embed_dim=pc.embed_dim, grid=grid, patchsize=pc.patchsize,
         patch_distance=parent.patch_distance if parent else "squared", anomaly_scorer_num_nn=pc.anomaly_scorer_num_nn,
-        coreset_ratio=pc.coreset_ratio,
+        coreset_ratio=pc.coreset_ratio, coreset_mode=pc.coreset_mode, bn_shift_input=bn_shift_input(pc),
         coreset_projection_dim=pc.coreset_projection_dim, num_neighbors=pc.num_neighbors, reweight=pc.reweight,
         sigma=pc.sigma, precision=pc.precision, index_dtype=pc.index_dtype,
         n_images=n_images + (parent.n_images if parent else 0), n_errors=len(errors), n_patches=total_patches,
