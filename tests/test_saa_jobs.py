@@ -22,7 +22,7 @@ from pipeline.io.storage import Storage
 from pipeline.results.rows import read_rows
 from pipeline.score import run_score
 
-FAST = {"saliency_backbone": "resnet18", "saliency_size": 64}
+FAST = {"saliency_backbone": "resnet18", "saliency_size": 64, "multi_saliency_size": 64, "gdino_size": 64}
 
 
 def _archive(dataset: Path, root: Path) -> Path:

@@ -127,3 +127,18 @@ def test_rescoring_top_k_fusion_map_and_image_score(name):
     final = resize_map(fused, meta["out_size"])
     assert np.abs(final.numpy() - ref["anomaly_map"]).max() < TOLERANCE
     assert float(final.max()) == pytest.approx(float(ref["image_score"]), abs=TOLERANCE)
+
+
+def test_packaged_prompts_are_the_official_tables():
+    """Every MVTec AD and VisA category: the object caption (the official property sentence's 8th word, verbatim),
+    the language prompts with the word each filters on, the instance count, the area limit and K."""
+    from pipeline.detectors.saa.prompts import load_prompts, packaged_text
+
+    tables = json.loads((DATA / "prompt_tables.json").read_text())
+    assert len(tables) == 15 + 12
+    for key, official in tables.items():
+        ours = load_prompts(packaged_text(), None, key.split("/")[1])
+        assert ours.object == official["object_prompt"], key
+        assert [[c.text, c.filter] for c in ours.captions] == official["prompts"], key
+        assert (ours.instances, ours.max_area, ours.max_anomalies) == (
+            official["object_number"], official["defect_area_threshold"], official["k_mask"]), key

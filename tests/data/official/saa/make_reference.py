@@ -231,7 +231,7 @@ def run_case(name: str, dataset: str, category: str, hw: tuple[int, int], arch: 
         if phrase == model.object_prompt:
             outputs[caption] = object_outputs(ids, special, objects, rng)
         else:
-            filt = dict(zip(model.defect_prompt_list, model.filter_prompt_list))[phrase]
+            filt = dict(zip(model.defect_prompt_list, model.filter_prompt_list, strict=True))[phrase]
             filter_ids = tokenizer(filt, add_special_tokens=False)["input_ids"]
             object_area = max(4.41 * rx * ry for _, _, rx, ry in objects)
             outputs[caption] = defect_outputs(ids, filter_ids, special, model.defect_area_threshold * object_area,
