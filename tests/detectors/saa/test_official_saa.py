@@ -142,3 +142,16 @@ def test_packaged_prompts_are_the_official_tables():
         assert [[c.text, c.filter] for c in ours.captions] == official["prompts"], key
         assert (ours.instances, ours.max_area, ours.max_anomalies) == (
             official["object_number"], official["defect_area_threshold"], official["k_mask"]), key
+
+
+def test_default_settings_are_the_officials():
+    """What a user gets without settings: the official thresholds, sizes, constants and rules; our additions
+    (location prompt, candidate cap, smoothing) off."""
+    from pipeline.detectors.saa.settings import SAASettings
+
+    s = SAASettings(gdino_weights="none", sam_weights="none")
+    assert (s.box_threshold, s.text_threshold, s.gdino_size, s.gdino_max_size) == (0.1, 0.1, 800, 1333)
+    assert (s.saliency_backbone, s.saliency_size, s.multi_saliency_size) == ("wide_resnet50_2", 256, 1024)
+    assert (s.saliency_neighbors, s.saliency_rule, s.saliency_gain) == (NEIGHBOURS, "farthest", GAIN)
+    assert (s.fusion, s.channel_order, s.image_size) == ("official", "official", None)  # SAM's 1024
+    assert (s.min_inside, s.max_candidates, s.sigma) == (0.0, None, 0.0)
