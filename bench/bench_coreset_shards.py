@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="image side, pixels")
     parser.add_argument("--ratio", type=float, default=0.1, help="coreset ratio")
     parser.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--seed", type=int, default=0, help="patchcore.seed: projections, coreset starts")
     args = parser.parse_args()
 
     import numpy as np
@@ -57,7 +58,7 @@ def main() -> None:
         make_dataset(data, n_train=args.images, n_test_good=40, n_test_defect=40, size=args.size)
     cfg = FitConfig.model_validate({"normal": str(data / "train" / "good"), "bank": str(WORK / "unused"),
                                     "patchcore": {"image_size": args.size, "coreset_ratio": args.ratio,
-                                                  "calibration_fraction": 0},
+                                                  "calibration_fraction": 0, "seed": args.seed},
                                     "runtime": {"num_cpus_per_worker": os.cpu_count()}})
     worker = FitWorker(cfg)
     pc = cfg.patchcore
@@ -125,8 +126,9 @@ def main() -> None:
 
     baseline = sharded("official", 1)
     base_radius, base_image, base_pixel = evaluate(baseline)
-    print(f"{len(files)} normal images {args.size} px, resnet18 layer2+3 (random init), {n} patch features -> "
-          f"k = int({n} x {pc.coreset_ratio}) = {k}; test: {labels.sum()} defect + {(~labels).sum()} good images")
+    print(f"seed {args.seed}: {len(files)} normal images {args.size} px, resnet18 layer2+3 (random init), {n} patch "
+          f"features -> k = int({n} x {pc.coreset_ratio}) = {k}; test: {labels.sum()} defect + {(~labels).sum()} "
+          "good images")
     print("| bank | covering radius | vs official single pass | image AUROC | pixel AUROC |")
     print("|---|---|---|---|---|")
     print(f"| official single pass | {base_radius:.3f} | 1.000x | {base_image:.4f} | {base_pixel:.4f} |")

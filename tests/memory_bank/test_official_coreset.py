@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.detectors.patchcore.fit import local_budget
 from pipeline.memory_bank.coreset import (
     coreset_size,
     greedy_kcenter,
@@ -48,6 +49,7 @@ def test_official_mode_draws_the_officials_projection_and_candidates_from_the_se
     assert np.array_equal(official_projection(d, 128, int(ref["seed"])), ref["projection"].T)
     assert official_start_candidates(n, int(ref["seed"])).tolist() == ref["start_candidates"].tolist()
     k = coreset_size(n, ref["percentage"], "official")
+    assert local_budget(n, ref["percentage"], 1, 4.0, "official") == k  # a one-shard fit keeps exactly k
     kept = reduce_rows(ref["features"], k, d, 128, int(ref["seed"]), engine="numpy", mode="official")
     assert np.array_equal(kept, ref["features"][np.sort(ref["selected"])])
 
