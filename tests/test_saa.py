@@ -263,6 +263,16 @@ def test_geometry_is_the_officials(tiny_ref, one_torch_thread):
         hook.remove()
     assert set(seen) == {(64, 128)}  # shorter side 64 (gdino_size), proportions kept
     assert result.maps.shape == (1, 64, 64)
+    # a box on the 32 x 64 image reaches SAM in the letterboxed frame (the longer side at SAM's 64: scale 1)
+    boxes = []
+    hook = detector.sam.register_forward_pre_hook(lambda _m, _a, kw: boxes.append(kw["input_boxes"].clone()),
+                                                  with_kwargs=True)
+    try:
+        embedding = detector.sam.get_image_embeddings(torch.zeros(1, 3, 64, 64))[0]
+        masks = detector._segment(embedding, torch.tensor([[8.0, 4.0, 40.0, 28.0]]), 32, 64)
+    finally:
+        hook.remove()
+    assert boxes[-1].tolist() == [[[8.0, 4.0, 40.0, 28.0]]] and masks.shape == (1, 32, 64)
 
 
 def test_folder_weights_round_trip_with_a_content_fingerprint(tiny_ref, tmp_path, one_torch_thread):
