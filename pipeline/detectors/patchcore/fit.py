@@ -175,9 +175,10 @@ def _parent(storage: Storage, cfg: FitConfig) -> tuple[FitConfig, BankMetadata |
     uri = resolve_bank_uri(storage, cfg.bank, cfg.update_from)
     parent = load_metadata(storage, uri)
     if parent.bn_shift_input is not None:
-        raise ConfigError(f"update_from={parent.version}: that bank's features come from a backbone with the "
-                          f"official code's shifted BatchNorm statistics (imported, or fitted with bn_shift "
-                          f"official), which cannot be rebuilt exactly for new images: fit a new bank instead")
+        raise ConfigError(f"update_from={parent.version}: that bank was imported from the official code or fitted "
+                          f"with bn_shift official, whose features come from a backbone with shifted BatchNorm "
+                          f"statistics; updates fit on the clean backbone, so its vectors cannot be extended: fit a "
+                          f"new bank instead")
     vectors = load_index(storage, uri, parent).all_vectors()
     inherited = {k: getattr(parent, k) for k in FEATURE_SETTINGS}
     cfg = cfg.model_copy(update={"patchcore": cfg.patchcore.model_copy(update=inherited)})
