@@ -75,6 +75,36 @@ def describe_inspected(fraction: float) -> str:
             f"is inspected: the outer {50 * (1 - fraction):.3g} % of every edge is never scored")
 
 
+LETTERBOX_PAD = -1.0  # never a pixel value (pixels are 0..1), so the image's extent can be read back
+
+
+@dataclass(frozen=True)
+class Letterbox(Preprocess):
+    """The image resized (antialiased bilinear) so its longer side is ``size``, its proportions kept, at the top
+    left of a ``size x size`` square padded with :data:`LETTERBOX_PAD`, as SAM's ``ResizeLongestSide`` + pad. A
+    detector that needs the image's true shape reads it back with :func:`letterbox_extent`; the maps it returns
+    are squares over the whole image, like every detector's."""
+
+    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
+        h, w = rgb.shape[:2]
+        scale = self.size / max(h, w)
+        nh, nw = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))  # SAM's get_preprocess_shape
+        t = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        if (nh, nw) != (h, w):
+            t = F.interpolate(t, size=(nh, nw), mode=self.interpolation, antialias=True, align_corners=False)
+        out = torch.full((3, self.size, self.size), LETTERBOX_PAD)
+        out[:, :nh, :nw] = t[0].clamp_(0.0, 1.0)
+        return out
+
+
+def letterbox_extent(image: torch.Tensor) -> tuple[int, int]:
+    """``(h, w)`` of the image inside a :class:`Letterbox` square ``[3,S,S]`` (the whole square for any other
+    input)."""
+    valid = image[0] >= 0
+    rows, cols = valid.any(1), valid.any(0)
+    return int(rows.sum()), int(cols.sum())
+
+
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian smoothing of ``[B,H,W]`` maps, as ``scipy.ndimage.gaussian_filter`` (the official
     detectors' smoothing): radius ``int(4*sigma+0.5)``, borders extended with scipy's ``reflect`` mode."""

@@ -35,6 +35,16 @@ class PatchCoreSettings(StrictModel):
     coreset_ratio: float = Field(
         0.1, gt=0, le=1, description="fraction of the patch vectors kept in the memory bank (greedy coreset)")
     coreset_projection_dim: int = Field(128, ge=0, description="0 = greedy on the full features")
+    coreset_mode: Literal["exact", "official"] = Field(
+        "exact", description="how the greedy coreset starts and how many vectors it keeps: exact = a seeded "
+                             "Gaussian projection, a seeded first point, ceil(N x ratio) (plain farthest-first, "
+                             "its 2-approximation bound holds); official = the official ApproximateGreedyCoreset"
+                             "Sampler: an nn.Linear projection, the argmax of the mean distance to 10 random "
+                             "candidates first, int(N x ratio)")
+    bn_shift: Literal["none", "official"] = Field(
+        "none", description="none = the clean backbone; official = the official code's BatchNorm shift (one "
+                            "all-ones image through the backbone in train mode before use), to reproduce the "
+                            "published numbers' exact backbone; the bank records it and is scored with it")
     local_oversample: float = Field(4.0, ge=1, description="round-1 budget per shard, as a multiple")
     coreset_engine: Literal["auto", "torch", "numpy"] = Field(
         "auto", description="greedy k-center: torch (on the worker's device) or the pruned numpy loop; "
