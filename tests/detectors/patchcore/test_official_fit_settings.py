@@ -18,8 +18,8 @@ def test_official_coreset_and_bn_shift_reach_the_bank_and_its_scorer(ray_runtime
     from pipeline.io.storage import Storage
 
     normal, bank = str(dataset / "train" / "good"), tmp_path / "bank"
-    argv = ["--normal", normal, "--bank", str(bank), "--image-size", "64", "--coreset-mode", "official",
-            "--bn-shift", "official", "--workers", "1", "--no-tracking"]
+    argv = ["--normal", normal, "--bank", str(bank), "--image-size", "64", "--crop-fraction", "0.875",
+            "--coreset-mode", "official", "--bn-shift", "official", "--workers", "1", "--no-tracking"]
     assert fit.main(argv) == 0
     out = capsys.readouterr().out
     summary = json.loads(out[out.index("{\n"):])
