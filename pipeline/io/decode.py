@@ -15,11 +15,9 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from pipeline.errors import DecodeError
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-class DecodeError(ValueError):
-    """The input is not a usable image; the message is the row's ``error``."""
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
