@@ -45,6 +45,7 @@ from pipeline.memory_bank.knn import build_knn
 from pipeline.memory_bank.merge import merge_tree, reduce_rows, select_coreset
 from pipeline.progress import Progress
 from pipeline.runtime import (
+    NodeCounts,
     WorkerPool,
     decode_threads,
     fitting_workers,
@@ -133,10 +134,11 @@ def _merge_runner(cfg: FitConfig, pool: WorkerPool):
         if cfg.runtime.num_gpus_per_worker == 0 and len(jobs) == 1:
             return [reduce_rows(x, budget, *args) for x, budget in jobs]
         out: list[np.ndarray | None] = [None] * len(jobs)
-        for i, rows, exc in pool.map("reduce", list(range(len(jobs))), extra=lambda i: jobs[i]):
-            if exc is not None:
-                raise RunIncomplete(f"coreset merge step failed ({start_error_line(exc)}); no bank was published")
-            out[i] = rows
+        for done in pool.map("reduce", list(range(len(jobs))), extra=lambda i: jobs[i]):
+            if done.error is not None:
+                raise RunIncomplete(f"coreset merge step failed ({start_error_line(done.error)}); no bank was "
+                                    f"published")
+            out[done.unit] = done.result
         return out
 
     return run
@@ -231,21 +233,25 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
     startup_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    coresets, errors, n_images, n_patches, grid, worker_s = [], [], 0, 0, None, []
+    results: dict[str, dict[str, Any]] = {}
+    nodes = NodeCounts()
     progress = Progress("fit shards", n_shards, "images")
-    for unit, result, exc in pool.map("extract_and_reduce", units, extra=lambda _u: (n_shards,)):
-        if exc is not None:
-            raise RunIncomplete(f"fit shard {unit.unit_id} failed ({start_error_line(exc)}); no bank was "
-                                f"published: fix the cause and run the fit again") from exc
-        progress.update(result["n_images"], len(result["errors"]))
-        errors += result["errors"]
-        worker_s.append((result["features_s"], result["coreset_s"]))
-        if result["features"] is not None:
-            coresets.append(result["features"])
-            n_images += result["n_images"]
-            n_patches += result["n_patches"]
-            grid = result["grid"]
+    for done in pool.map("extract_and_reduce", units, extra=lambda _u: (n_shards,)):
+        if done.error is not None:
+            raise RunIncomplete(f"fit shard {done.unit.unit_id} failed ({start_error_line(done.error)}); no bank was "
+                                f"published: fix the cause and run the fit again") from done.error
+        results[done.unit.unit_id] = done.result
+        nodes.add(done.placement, done.started_at, done.seconds, done.result["n_images"])
+        progress.update(done.result["n_images"], len(done.result["errors"]))
     progress.finish()
+    # in the plan's order, not the order the shards finished in: the bank must not depend on which node was faster
+    ordered = [results[unit.unit_id] for unit in units]
+    coresets = [r["features"] for r in ordered if r["features"] is not None]
+    errors = [e for r in ordered for e in r["errors"]]
+    n_images = sum(r["n_images"] for r in ordered if r["features"] is not None)
+    n_patches = sum(r["n_patches"] for r in ordered if r["features"] is not None)
+    grid = next((r["grid"] for r in reversed(ordered) if r["features"] is not None), None)
+    worker_s = [(r["features_s"], r["coreset_s"]) for r in ordered]
     if not coresets:
         raise ConfigError(f"normal={cfg.normal}: none of the {len(errors)} inputs could be decoded")
     round1_s = time.perf_counter() - t1
@@ -302,6 +308,7 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
         "threshold": meta.threshold,
         "errors": [{"source_uri": s, "member": m, "error": e} for s, m, e in errors],
         "coreset_merge_rounds": merge_rounds,
+        "nodes": nodes.as_dict(),  # shards, images and seconds of round 1 per Ray node
         "seconds": {"startup": startup_s, "features_and_local_coreset": round1_s, "coreset_merge": merge_s,
                     "calibration": calibration_s, "index_and_publish": publish_s,
                     "fit": round1_s + merge_s + calibration_s + publish_s,
@@ -316,7 +323,8 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
             run.tags({"bank_uri": cfg.bank, "bank_version": meta.version, "bank_parent": meta.parent or "",
                       "normal_uri": cfg.normal})
             run.metrics({"n_train_images": n_images, "n_errors": len(errors), "n_patches": n_patches,
-                         "n_bank": meta.n_bank} | {f"seconds_{k}": v for k, v in summary["seconds"].items()})
+                         "n_bank": meta.n_bank} | {f"seconds_{k}": v for k, v in summary["seconds"].items()}
+                        | nodes.metrics())
             run.json_artifact("bank.json", meta.model_dump())
             run.json_artifact("lineage.json", [e.model_dump() for e in meta.lineage])
             run.json_artifact("fit_summary.json", summary)
