@@ -5,8 +5,9 @@ Actors load their model once (the fixed cost is paid per worker, not per unit). 
 actor has started and is free, never to a slot whose actor does not exist yet. The pool is elastic: it
 starts as soon as one worker is ready; workers that cannot be placed yet stay queued in Ray and join when
 the cluster grows (an autoscaler sees them as demand), up to the size asked for. ``placement_timeout_s``
-bounds only the wait for the first worker: with none placed by then, the job fails naming the resources
-one worker needs.
+bounds only the wait for a place when there is no worker at all: with none running, starting or placed by
+then, the job fails naming the resources one worker needs. (A placed worker's model loading is not
+placement; one that takes longer than that is reported, once.)
 
 The pool replaces lost workers itself (Ray restarts nothing): when a worker dies, its unit goes back to
 the queue and a new worker is asked for. A worker lost with its node (the node died or was preempted)
@@ -79,11 +80,23 @@ def node_is_alive(node_id: str) -> bool:
     return any(node["NodeID"] == node_id and node["Alive"] for node in ray.nodes())
 
 
+def actor_placed(actor: Any) -> bool:
+    """Whether Ray gave the actor a worker process on some node (its constructor may still be running).
+    Ray has no public call for this without its dashboard; the GCS actor table shows a pid once placed."""
+    try:
+        info = ray._private.state.state.actor_table(actor._actor_id.hex())
+    except Exception:  # noqa: BLE001 - unknown counts as not placed yet
+        return False
+    return bool(info and info.get("Pid"))
+
+
 @dataclass
 class _Worker:
     actor: Any
     asked_at: float  # monotonic time the actor was asked for
+    placed_at: float | None = None  # when Ray was seen to have placed it (its constructor then runs)
     placement: Placement | None = None  # known once it started
+    told_slow: bool = False
 
 
 @dataclass
@@ -129,6 +142,7 @@ class WorkerPool:
         self._n_busy = 0  # actors running a unit
         self._lost_at_start = 0
         self._told_unplaced = False
+        self._next_placement_check = 0.0
         for _ in range(size):
             self._spawn()
         log.info("starting %d %s workers (%s each)", size, self._name, describe(worker_resources(settings)))
@@ -143,8 +157,7 @@ class WorkerPool:
         self._all = [w for w in self._all if w is not worker]
 
     def _collect_started(self, timeout: float) -> None:
-        """Move actors whose ``ready()`` returned into :attr:`ready`; replace those that died starting;
-        fail when none has started within ``placement_timeout_s``."""
+        """Move actors whose ``ready()`` returned into :attr:`ready`; replace those that died starting."""
         if self._starting:
             done, _ = ray.wait(list(self._starting), num_returns=len(self._starting), timeout=max(0.0, timeout))
             for ref in done:
@@ -158,22 +171,41 @@ class WorkerPool:
                     continue
                 self.ready_results.append(result)
                 self.ready.append(worker)
-        waited = [time.monotonic() - w.asked_at for w in self._starting.values()]
-        if not waited or max(waited) <= self._settings.placement_timeout_s:
+        self._check_placement()
+
+    def _check_placement(self) -> None:
+        """At most once a second: fail when no worker is running, starting or placed and one has waited
+        ``placement_timeout_s`` for a place; otherwise say once that some wait, and go on."""
+        now = time.monotonic()
+        if not self._starting or now < self._next_placement_check:
             return
-        message = (f"{self._name} workers could not be placed within runtime.placement_timeout_s="
-                   f"{self._settings.placement_timeout_s:g}: each needs {describe(worker_resources(self._settings))}"
-                   f"; the cluster has {describe(ray.available_resources())} free of "
-                   f"{describe(ray.cluster_resources())}")
-        if not self.ready and not self._n_busy:
+        self._next_placement_check = now + 1.0
+        limit = self._settings.placement_timeout_s
+        unplaced = []
+        for worker in self._starting.values():
+            if worker.placed_at is None and actor_placed(worker.actor):
+                worker.placed_at = now
+            if worker.placed_at is None:
+                if now - worker.asked_at > limit:
+                    unplaced.append(worker)
+            elif now - worker.placed_at > limit and not worker.told_slow:
+                worker.told_slow = True
+                log.warning("a %s worker placed %.0f s ago is still starting (loading its model)", self._name,
+                            now - worker.placed_at)
+        if not unplaced:
+            return
+        message = (f"{len(unplaced)} {self._name} workers could not be placed within runtime.placement_timeout_s="
+                   f"{limit:g}: each needs {describe(worker_resources(self._settings))}; the cluster has "
+                   f"{describe(ray.available_resources())} free of {describe(ray.cluster_resources())}")
+        if not self.ready and not self._n_busy and all(w.placed_at is None for w in self._starting.values()):
             for worker in self._starting.values():
                 self._discard(worker)
             self._starting = {}
             raise SetupError(message)
         if not self._told_unplaced:
             self._told_unplaced = True
-            log.warning("%d %s; going on with %d, the rest start when the cluster has room", len(self._starting),
-                        message, len(self.ready) + self._n_busy)
+            placed = len(self.ready) + self._n_busy + sum(w.placed_at is not None for w in self._starting.values())
+            log.warning("%s; going on with the %d placed, the rest start when the cluster has room", message, placed)
 
     def _replace_lost_at_start(self, worker: _Worker, exc: BaseException) -> None:
         self._discard(worker)
