@@ -286,27 +286,28 @@ def test_a_node_that_gets_sigterm_returns_its_units(harness, data, baseline, cap
 def test_fit_losing_a_node_in_round_one_gives_the_same_bank(harness, data, fitted, caplog):
     harness.add("node_e")
 
-    def node_e_extracting() -> bool:
-        raylet = psutil.Process(harness.handles["node_e"].all_processes["raylet"][0].process.pid)
-        for proc in raylet.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if "extract_and_reduce" in " ".join(proc.cmdline()):
-                    return True
-        return False
+    def extracting() -> str | None:
+        """A node whose worker is embedding and reducing a shard right now."""
+        for name, handle in harness.handles.items():
+            raylet = psutil.Process(handle.all_processes["raylet"][0].process.pid)
+            for proc in raylet.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if "extract_and_reduce" in " ".join(proc.cmdline()):
+                        return name
+        return None
 
     cfg = fit_cfg(harness, data, data / "bank-disturbed")
     cfg.runtime.workers = 3
     with caplog.at_level(logging.WARNING, logger="pipeline.runtime"):
         job = Job(run_fit, cfg)
-        wait_for(lambda: job.running() and node_e_extracting(), 120, "node_e extracting a shard", interval=0.02)
+        victim = wait_for(lambda: job.running() and extracting(), 120, "a node extracting a shard", interval=0.02)
         lost_at = time.monotonic() - job.t0
-        harness.kill("node_e")
+        harness.kill(victim)
         summary = job.result()
     requeued = [r.getMessage() for r in caplog.records if "goes back to the queue" in r.getMessage()]
     assert requeued and all("with its node" in line for line in requeued), requeued
     assert summary["n_train_images"] == fitted["n_train_images"]
     assert summary["fingerprint"] == fitted["fingerprint"]
-    print(f"fit: node_e SIGKILLed {lost_at:.1f} s in, during round 1: {len(requeued)} shards recomputed "
+    print(f"fit: {victim} SIGKILLed {lost_at:.1f} s in, during round 1: {len(requeued)} shards recomputed "
           f"elsewhere, same bank {summary['fingerprint'][:19]}; {job.wall_s:.1f} s vs {fitted['wall_s']:.1f} s "
           f"undisturbed")
-
