@@ -171,6 +171,11 @@ class WorkerPool:
                     continue
                 self.ready_results.append(result)
                 self.ready.append(worker)
+                if self._n_busy:  # a worker that joins a running pool: a node joined, or a replacement
+                    now = time.monotonic()
+                    placed = f"placed {now - worker.placed_at:.1f} s ago, " if worker.placed_at is not None else ""
+                    log.info("%s worker %s joined on node %s (%sasked for %.1f s ago)", self._name,
+                             worker.placement.worker, worker.placement.node_id[:8], placed, now - worker.asked_at)
         self._check_placement()
 
     def _check_placement(self) -> None:

@@ -238,7 +238,7 @@ def test_a_node_that_dies_mid_run_loses_nothing(harness, data, baseline, caplog)
 
 def test_a_node_that_joins_mid_run_gets_units(harness, data, baseline, caplog):
     run_dir = data / "out" / "joined"
-    with caplog.at_level(logging.WARNING, logger="pipeline.runtime"):   # 3 workers, room for 2 until d joins
+    with caplog.at_level(logging.INFO, logger="pipeline.runtime"):   # 3 workers, room for 2 until d joins
         job = Job(run_score, score_cfg(harness, data, "joined", workers=3, images="many",
                                                  placement_timeout_s=8))
         wait_for(lambda: job.running() and [r for r in caplog.records if "could not be placed" in r.getMessage()],
@@ -256,9 +256,11 @@ def test_a_node_that_joins_mid_run_gets_units(harness, data, baseline, caplog):
     node_d = next(c for n, c in summary["nodes"].items() if harness.names.get(n) == "node_d")
     first_unit_s = node_d["first_unit_at"] - joined_at
     assert first_unit_s > 0
+    started = [r.getMessage() for r in caplog.records if "joined on node" in r.getMessage()]
     print(f"node_d added {asked_at - job.t0_wall:.1f} s into the run (add_node took {joined_at - asked_at:.1f} s); "
-          f"its first unit {first_unit_s:.1f} s after it joined; {len(rows)} rows / {N_IMAGES * JOIN_COPIES} inputs, "
-          f"0 duplicates, rows per node {dict(per_node)}; {job.wall_s:.1f} s")
+          f"its first unit {first_unit_s:.1f} s after it joined ({started}); "
+          f"{len(rows)} rows / {N_IMAGES * JOIN_COPIES} inputs, 0 duplicates, rows per node {dict(per_node)}; "
+          f"{job.wall_s:.1f} s")
 
 
 def test_a_node_that_gets_sigterm_returns_its_units(harness, data, baseline, caplog):
