@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 
 # Installs come from the lock files in requirements/ (the full resolved set, with hashes), never from
 # pyproject's ranges: two setups a week apart get the same packages. dev.lock = cpu.lock + the test extra.
-# torch/torchvision: the matched pair in requirements/torch.in; pip takes it from this machine's disk (see README).
+# torch/torchvision: the matched pair in requirements/torch.in; pip takes it from this machine's disk
+# (see docs/development.md).
 LOCK := requirements/dev.lock
 
 $(STAMP): pyproject.toml $(LOCK)

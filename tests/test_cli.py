@@ -41,6 +41,10 @@ def test_help_shows_description_default_choices_and_yaml_key(capsys):
     assert "--normal URI" in text and "(required: this flag or --config; YAML: normal)" in text
     assert "(default: 300.0; YAML: runtime.placement_timeout_s)" in text and "--max-restarts N" in text
     assert "CFG:" not in text and "cfg:" not in text
+    # our fits inspect the whole image; the paper's centre crop is one flag away, named in the help
+    crop = text[text.index("--crop-fraction X"):]
+    assert "1 (default): the whole image; 0.875: the paper's and official PatchCore's setting" in crop
+    assert "(default: 1.0; YAML: patchcore.crop_fraction)" in crop
 
 
 def test_every_flag_names_a_described_setting():
@@ -49,7 +53,7 @@ def test_every_flag_names_a_described_setting():
         for flag in job_flags(model, job.FLAGS):
             assert field_of(model, flag.key).description, flag.key
             assert flag.help is None, f"{flag.name}: describe it in the model instead"
-    from pipeline.train import TrainConfig
+    from pipeline.config import TrainConfig
 
     for flag in job_flags(TrainConfig, train.FLAGS):
         assert field_of(TrainConfig, flag.key).description or flag.help, flag.key

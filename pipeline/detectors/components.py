@@ -13,7 +13,7 @@ from pipeline.io.storage import Storage
 from pipeline.runtime import setup_worker_threads
 
 if TYPE_CHECKING:
-    from pipeline.train import TrainConfig
+    from pipeline.config import TrainConfig
 
 
 def clip_training_inputs(cfg: TrainConfig) -> tuple[Any, torch.nn.Module, str, LabelledSet, str]:

@@ -34,6 +34,11 @@ class Preprocess:
         """The square side the model sees."""
         return self.crop or self.size
 
+    @property
+    def inspected_fraction(self) -> float:
+        """The centred fraction of each side of the (resized) image that the model sees: 1 without a crop."""
+        return self.input_size / self.size
+
     def _offset(self) -> int:
         return int(round((self.size - self.input_size) / 2.0))  # torchvision's CenterCrop rounding
 
@@ -60,6 +65,14 @@ class Preprocess:
         o, n = self._offset(), self.input_size
         full[o:o + n, o:o + n] = amap
         return full
+
+
+def describe_inspected(fraction: float) -> str:
+    """What part of each image a model with this :attr:`Preprocess.inspected_fraction` scores, for the log."""
+    if fraction >= 1:
+        return "the whole of each image is inspected"
+    return (f"only the centred {100 * fraction:.3g} % of each image's sides ({100 * fraction ** 2:.3g} % of its area) "
+            f"is inspected: the outer {50 * (1 - fraction):.3g} % of every edge is never scored")
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -9,7 +9,7 @@ runs greedy on more than ``max_vectors`` vectors: while the union is larger, it 
 contiguous chunks of at most ``max_vectors``, each chunk is reduced to its share of ``k`` times
 ``min(chunks, oversample)`` (the same over-sampling as the first round), and the results are
 merged again. Each round is another composable-coreset round (a factor of 2 on the covering
-radius bound, in practice far less, see the README); the chunks of a round run in parallel.
+radius bound, in practice far less, see docs/benchmarks.md); the chunks of a round run in parallel.
 The bound holds when ``k <= max_vectors / 2``; with a larger ``k`` the last step reduces more.
 """
 
@@ -27,7 +27,7 @@ from pipeline.memory_bank.device_coreset import greedy_kcenter_torch
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-def resolve_engine(engine: str, device: str) -> str:
+def resolve_coreset_engine(engine: str, device: str) -> str:
     """``auto`` -> torch on CUDA, numpy (pruned loop) elsewhere."""
     if engine == "auto":
         return "torch" if str(device).startswith("cuda") else "numpy"
@@ -37,7 +37,7 @@ def resolve_engine(engine: str, device: str) -> str:
 def select_coreset(features: torch.Tensor, k: int, projection: np.ndarray | None, seed: int, engine: str = "auto",
                    dtype: str = "float32") -> torch.Tensor:
     """Sorted indices (on ``features.device``) of ``k`` rows chosen farthest-first on the projected rows."""
-    if resolve_engine(engine, features.device.type) == "torch":
+    if resolve_coreset_engine(engine, features.device.type) == "torch":
         proj = features.float()
         if projection is not None:
             proj = proj @ torch.from_numpy(projection).to(features.device)

@@ -61,10 +61,12 @@ class NodeCounts:
                        "first_unit_at": c.first_unit_at, "workers": sorted(c.workers)}
                 for node, c in sorted(self._nodes.items())}
 
-    def metrics(self) -> dict[str, float]:
-        """MLflow metrics ``node.<first 8 hex of the node id>.{units,rows,seconds}`` and ``n_nodes``."""
-        out: dict[str, float] = {"n_nodes": float(len(self._nodes))}
-        for node, c in self._nodes.items():
-            out |= {f"node.{node[:8]}.units": c.units, f"node.{node[:8]}.rows": c.rows,
-                    f"node.{node[:8]}.seconds": c.seconds}
-        return out
+
+
+def node_metrics(nodes: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """MLflow metrics of :meth:`NodeCounts.as_dict`: ``n_nodes`` and
+    ``node.<first 8 hex of the node id>.{units,rows,seconds}``."""
+    out: dict[str, float] = {"n_nodes": float(len(nodes))}
+    for node, count in nodes.items():
+        out |= {f"node.{node[:8]}.{key}": float(count[key]) for key in ("units", "rows", "seconds")}
+    return out

@@ -23,14 +23,14 @@ from typing import Any
 import psutil
 import pytest
 import ray
-from conftest import small_patchcore
-from faults.helpers import assert_complete, loose_keys, wait_for
 from ray.cluster_utils import Cluster
 
 from pipeline.config import FitConfig, ScoreConfig
 from pipeline.demo_data import make_dataset
 from pipeline.detectors.patchcore.fit import run_fit
 from pipeline.score import run_score
+from tests.helpers.faults import assert_complete, loose_keys, wait_for
+from tests.helpers.runs import small_patchcore
 
 pytestmark = pytest.mark.multinode
 
@@ -94,7 +94,7 @@ def harness():
         ray.shutdown()
         cluster.shutdown()
         if session_ray:
-            ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")  # as conftest
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,10 @@ class PatchCoreSettings(StrictModel):
         ["layer2", "layer3"], description="backbone stages whose features are combined")
     image_size: int = Field(256, ge=32, le=2048, description="images are resized to this square size, in pixels")
     crop_fraction: float = Field(
-        0.875, ge=0.125, le=1, description="then the centred crop of this fraction of image_size is scored (official "
-                                          "PatchCore: resize 256, crop 224 = 0.875); 1: no crop")
+        1.0, ge=0.125, le=1, description="the centred part of each side of the resized image that is scored; 1 "
+                                        "(default): the whole image; 0.875: the paper's and official PatchCore's "
+                                        "setting (resize 256, crop 224), which never inspects the outer 6 % of "
+                                        "every edge")
     interpolation: Interpolation = Field("bilinear", description="resize filter (antialiased, as PIL)")
     pretrain_embed_dim: int = Field(1024, ge=8, description="each layer's patch features are pooled to this size")
     embed_dim: int = Field(384, ge=8, description="length of one patch vector in the memory bank")

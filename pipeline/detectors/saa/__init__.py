@@ -1,12 +1,8 @@
-"""SAA+ (Cao et al., 2023): zero-shot, GroundingDINO boxes refined by SAM, with hybrid prompts; no training.
-
-Public names are re-exported here and imported on first use (PEP 562), so the registry and the command
-lines can name a detector's settings without loading torch or the models."""
+"""SAA+ (Cao et al., 2023): zero-shot, GroundingDINO boxes refined by SAM, with hybrid prompts; no training."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipeline.lazy_exports import lazy_exports
 
 _HOMES = {
     "COPY_CHUNK": "pipeline.detectors.saa.models",
@@ -51,12 +47,4 @@ _HOMES = {
     "top_k": "pipeline.detectors.saa.stages",
 }
 
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _HOMES)

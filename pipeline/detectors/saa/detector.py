@@ -115,11 +115,11 @@ def resolve_saa(storage: Storage, cfg: ScoreConfig) -> ModelRef:
     uri = (f"gdino={s.gdino_weights};sam={s.sam_weights};prompts={s.prompts_config or 'packaged'}:"
            f"{s.product or 'generic'}")
     params = {"saa.gdino_fingerprint": gdino, "saa.sam_fingerprint": sam, "saa.prompts_digest": prompts.digest()}
-    random = [name for name, (folder, _) in weights.items() if folder is None]
-    warning = (f"SAA+ runs with randomly initialised {' and '.join(random)} weights: its scores mean nothing about "
-               "real anomalies") if random else None
+    arch = {"gdino": f"GroundingDINO {s.gdino_arch}", "sam": f"SAM {s.sam_arch}"}
+    random = tuple(f"{arch[name]} (saa.{name}_weights={getattr(s, name + '_weights')})"
+                   for name, (folder, _) in weights.items() if folder is None)
     metadata = json.dumps({"prompts": prompts.model_dump(), "gdino": gdino, "sam": sam}, indent=2).encode()
-    return ModelRef(uri, version, None, params, metadata, metadata_name="saa.json", warning=warning)
+    return ModelRef(uri, version, None, params, metadata, metadata_name="saa.json", random_weights=random)
 
 
 def load_for_score(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> SAADetector:
