@@ -36,10 +36,13 @@ from pipeline.io.storage import Storage
 from pipeline.progress import Progress
 from pipeline.results import RunLayout, heatmap_key, read_rows, sink
 from pipeline.runtime import (
+    NodeCounts,
     WorkerPool,
     decode_threads,
     fitting_workers,
+    here,
     init_ray,
+    node_metrics,
     setup_worker_threads,
     start_error_line,
 )
@@ -74,6 +77,8 @@ class ScoreWorker:
         self.threads = decode_threads(cfg.runtime)
         self.detector = load_detector(cfg, self.storage, model, self.device)
         self.threshold = cfg.threshold if cfg.threshold is not None else self.detector.threshold
+        where = here()
+        self.placement = {"node_id": where.node_id, "worker": where.worker}  # written into every row
 
     def ready(self) -> str:
         return self.detector.version
@@ -174,6 +179,7 @@ class ScoreWorker:
                     error=failed.error, threshold=self.threshold)
 
     def _finish(self, unit: WorkUnit, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        rows = [row | self.placement for row in rows]
         counts = dict.fromkeys(COUNT_KEYS, 0)
         counts["n_rows"] = len(rows)
         counts["n_ok"] = sum(r["status"] == "ok" for r in rows)
@@ -237,9 +243,9 @@ def _read_json(storage: Storage, uri: str) -> dict[str, Any] | None:
 
 
 def _score_units(cfg: ScoreConfig, storage: Storage, run_id: str, model: ModelRef, todo: list[WorkUnit],
-                 totals: dict[str, float], local: bool) -> tuple[list[str], float, float]:
-    """Run ``todo`` on the worker pool; add their counts to ``totals``. Returns the failed unit ids,
-    start-up and scoring seconds."""
+                 totals: dict[str, float], nodes: NodeCounts, local: bool) -> tuple[list[str], float, float]:
+    """Run ``todo`` on the worker pool; add their counts to ``totals`` and ``nodes``. Returns the failed
+    unit ids, start-up and scoring seconds."""
     t0 = time.perf_counter()
     size = fitting_workers(cfg.runtime, min(cfg.runtime.workers, len(todo)), local)
     pool = WorkerPool(ScoreWorker, (cfg, run_id, model), cfg.runtime, size=size)
@@ -249,12 +255,15 @@ def _score_units(cfg: ScoreConfig, storage: Storage, run_id: str, model: ModelRe
         startup_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         progress = Progress(f"score {run_id}", len(todo), "inputs")
-        for unit, counts, exc in pool.map("score_unit", todo):
+        for done in pool.map("score_unit", todo):
+            unit, counts, exc = done.unit, done.result, done.error
             if exc is not None:
                 reason = start_error_line(exc) if not isinstance(exc, TimeoutError) else str(exc)
                 log.warning("unit %s failed: %s", unit.unit_id, reason)
                 failed.append(unit.unit_id)
                 counts = _failed_unit_rows(storage, cfg, run_id, unit, model.version, reason)
+            else:
+                nodes.add(done.placement, done.started_at, done.seconds, counts["n_rows"])
             for key in COUNT_KEYS:
                 totals[key] += counts[key]
             progress.update(counts["n_rows"], counts["n_errors"])
@@ -302,11 +311,12 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
 
     listing_s = time.perf_counter() - t0
     totals = dict.fromkeys(COUNT_KEYS, 0)
+    nodes = NodeCounts()
     failed_units: list[str] = []
     scoring_s = startup_s = 0.0
     if todo:
         local = init_ray(cfg.runtime)
-        failed_units, startup_s, scoring_s = _score_units(cfg, storage, run_id, model, todo, totals, local)
+        failed_units, startup_s, scoring_s = _score_units(cfg, storage, run_id, model, todo, totals, nodes, local)
     scored_now = dict(totals)
     for counts in done.values():
         for key in COUNT_KEYS:
@@ -328,6 +338,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
         "seconds": {"listing": listing_s, "startup": startup_s, "scoring": scoring_s,
                     "total": time.perf_counter() - t0},
         "attempts": (earlier or {}).get("attempts", 0) + 1,
+        "nodes": nodes.as_dict(),  # this attempt's units, rows and seconds per Ray node
     }
     if not todo and earlier:  # nothing scored now: the figures of the attempt that did the work stand
         summary["images_per_s"], summary["seconds"] = earlier.get("images_per_s", 0.0), earlier.get("seconds", {})
@@ -379,7 +390,8 @@ def _track(cfg: ScoreConfig, storage: Storage, model: ModelRef, summary: dict[st
             run.metrics({"inputs": summary["n_inputs"], "ok": summary["n_ok"], "errors": summary["n_errors"],
                          "anomalous": summary["n_anomalous"], "images_per_s": summary["images_per_s"],
                          "failed_units": len(summary["failed_units"]), "wall_time_s": summary["seconds"]["total"],
-                         "scoring_s": summary["seconds"]["scoring"], "startup_s": summary["seconds"]["startup"]})
+                         "scoring_s": summary["seconds"]["scoring"], "startup_s": summary["seconds"]["startup"]}
+                        | node_metrics(summary["nodes"]))
             run.json_artifact("summary.json", summary)
             if videos:
                 run.json_artifact("videos.json", videos)

@@ -81,6 +81,11 @@ def test_score_accounts_for_every_input_and_resumes_without_duplicates(fitted, d
     run = mlflow.MlflowClient(tracking["tracking_uri"]).get_run(summary["mlflow_run_id"])
     assert run.data.metrics["inputs"] == 50 and run.data.metrics["errors"] == 4
     assert run.data.params["bank.version"] == "v0001"
+    # which node scored what: one local node, in every row, the summary and MLflow
+    (node, counts), = summary["nodes"].items()
+    assert {r["node_id"] for r in rows} == {node}
+    assert counts["rows"] == 50 and counts["units"] == summary["n_units"]
+    assert run.data.metrics["n_nodes"] == 1 and run.data.metrics[f"node.{node[:8]}.rows"] == 50
     # the bank's random backbone and the part of each image inspected, in the summary and at the top of the run
     randomly = f"the resnet18 backbone of bank {work / 'bank' / 'v0001'} (patchcore.weights=none)"
     assert summary["random_weights"] == [randomly]

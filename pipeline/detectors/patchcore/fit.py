@@ -48,10 +48,12 @@ from pipeline.memory_bank.knn import build_knn
 from pipeline.memory_bank.merge import merge_tree, reduce_rows, select_coreset
 from pipeline.progress import Progress
 from pipeline.runtime import (
+    NodeCounts,
     WorkerPool,
     decode_threads,
     fitting_workers,
     init_ray,
+    node_metrics,
     setup_worker_threads,
     start_error_line,
 )
@@ -145,10 +147,11 @@ def _merge_runner(cfg: FitConfig, pool: WorkerPool):
         if cfg.runtime.num_gpus_per_worker == 0 and len(jobs) == 1:
             return [reduce_rows(x, budget, *args) for x, budget in jobs]
         out: list[np.ndarray | None] = [None] * len(jobs)
-        for i, rows, exc in pool.map("reduce", list(range(len(jobs))), extra=lambda i: jobs[i]):
-            if exc is not None:
-                raise RunIncomplete(f"coreset merge step failed ({start_error_line(exc)}); no bank was published")
-            out[i] = rows
+        for done in pool.map("reduce", list(range(len(jobs))), extra=lambda i: jobs[i]):
+            if done.error is not None:
+                raise RunIncomplete(f"coreset merge step failed ({start_error_line(done.error)}); no bank was "
+                                    f"published")
+            out[done.unit] = done.result
         return out
 
     return run
@@ -245,17 +248,23 @@ class Round1:
     n_patches: int = 0
     grid: tuple[int, int] | None = None
     worker_s: list[tuple[float, float]] = field(default_factory=list)  # (features, coreset) seconds per shard
+    nodes: NodeCounts = field(default_factory=NodeCounts)  # shards, images and seconds per Ray node
 
 
 def _round1(cfg: FitConfig, pool: WorkerPool, units: list[WorkUnit]) -> Round1:
     """Every shard embedded and reduced to its local coreset on the workers; a shard that fails stops the fit."""
     out = Round1()
+    results: dict[str, dict[str, Any]] = {}
     progress = Progress("fit shards", len(units), "images")
-    for unit, result, exc in pool.map("extract_and_reduce", units, extra=lambda _u: (len(units),)):
-        if exc is not None:
-            raise RunIncomplete(f"fit shard {unit.unit_id} failed ({start_error_line(exc)}); no bank was "
-                                f"published: fix the cause and run the fit again") from exc
-        progress.update(result["n_images"], len(result["errors"]))
+    for done in pool.map("extract_and_reduce", units, extra=lambda _u: (len(units),)):
+        if done.error is not None:
+            raise RunIncomplete(f"fit shard {done.unit.unit_id} failed ({start_error_line(done.error)}); no bank was "
+                                f"published: fix the cause and run the fit again") from done.error
+        results[done.unit.unit_id] = done.result
+        out.nodes.add(done.placement, done.started_at, done.seconds, done.result["n_images"])
+        progress.update(done.result["n_images"], len(done.result["errors"]))
+    # in the plan's order, not the order the shards finished in: the bank must not depend on which node was faster
+    for result in (results[unit.unit_id] for unit in units):
         out.errors += result["errors"]
         out.worker_s.append((result["features_s"], result["coreset_s"]))
         if result["features"] is not None:
@@ -351,6 +360,7 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
         "inspected_fraction": fraction, "inspected_area_fraction": fraction ** 2,
         "errors": [{"source_uri": s, "member": m, "error": e} for s, m, e in shards.errors],
         "coreset_merge_rounds": merge_rounds, "seconds": seconds,
+        "nodes": shards.nodes.as_dict(),
     }
     _track(cfg, storage, meta, summary, tracking_uri)
     return summary
@@ -368,7 +378,7 @@ def _track(cfg: FitConfig, storage: Storage, meta: BankMetadata, summary: dict[s
                       "normal_uri": cfg.normal} | random_weights_tags(summary["random_weights"]))
             run.metrics({"n_train_images": summary["n_train_images"], "n_errors": summary["n_errors"],
                          "n_patches": summary["n_patches"], "n_bank": meta.n_bank}
-                        | {f"seconds_{k}": v for k, v in summary["seconds"].items()})
+                        | {f"seconds_{k}": v for k, v in summary["seconds"].items()} | node_metrics(summary["nodes"]))
             run.json_artifact("bank.json", meta.model_dump())
             run.json_artifact("lineage.json", [e.model_dump() for e in meta.lineage])
             run.json_artifact("fit_summary.json", summary)
