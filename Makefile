@@ -27,7 +27,7 @@ LOCK_FLAGS ?=
 UV_COMPILE = $(BIN)/uv pip compile -q --generate-hashes --custom-compile-command "make lock" \
 	--python-version 3.11 --python-platform x86_64-manylinux_2_28 $(LOCK_FLAGS) pyproject.toml requirements/torch.in
 
-.PHONY: setup lock demo test lint bench mutation
+.PHONY: setup lock demo test test-multinode lint bench mutation
 setup: $(STAMP)
 
 lock:
@@ -40,8 +40,12 @@ lock:
 demo: $(STAMP)
 	$(BIN)/python -m jobs.demo
 
+# The multi-node cluster tests (ray.cluster_utils, several minutes) run as their own step in .ci/run.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not multinode" tests
+
+test-multinode: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m multinode tests/runtime
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
