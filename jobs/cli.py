@@ -196,9 +196,18 @@ def _rerun(run_name: str | None) -> str:
 
 
 def _failed_units_line(summary: dict[str, Any], run_name: str | None) -> str:
+    """What happened to the failed units' inputs: error rows, or (storage gone) no rows yet for some."""
     failed = len(summary["failed_units"])
+    unwritten = len(summary.get("failed_units_without_rows") or [])
     of = f" of {summary['n_units']}" if "n_units" in summary else ""
-    return (f"error: {failed}{of} work units failed (their inputs have error rows and no marker); "
+    if unwritten == failed:
+        what = "their error rows could not be written either, so their inputs have no rows yet"
+    elif unwritten:
+        what = (f"the inputs of {failed - unwritten} have error rows; the error rows of {unwritten} could not be "
+                f"written, so their inputs have no rows yet")
+    else:
+        what = "their inputs have error rows"
+    return (f"error: {failed}{of} work units failed ({what}; none has a completion marker); "
             f"re-run with {_rerun(summary.get('run_id') or run_name)} to retry them")
 
 

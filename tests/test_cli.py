@@ -119,8 +119,14 @@ def test_alias_bomb_in_config_fails_fast_with_one_short_line(tmp_path, capsys):
 FAKE_JOBS = {
     "interrupt": ("raise KeyboardInterrupt", 130, "interrupted; re-run with --run-name r1 to resume"),
     "failed_units": ("return {'run_id': 'r1', 'n_units': 40, 'failed_units': ['u1', 'u2', 'u3']}", 3,
-                     "error: 3 of 40 work units failed (their inputs have error rows and no marker); "
-                     "re-run with --run-name r1 to retry them"),
+                     "error: 3 of 40 work units failed (their inputs have error rows; none has a completion "
+                     "marker); re-run with --run-name r1 to retry them"),
+    "failed_units_rows_unwritten": (
+        "return {'run_id': 'r1', 'n_units': 40, 'failed_units': ['u1', 'u2', 'u3'], "
+        "'failed_units_without_rows': ['u2', 'u3']}", 3,
+        "error: 3 of 40 work units failed (the inputs of 1 have error rows; the error rows of 2 could not be "
+        "written, so their inputs have no rows yet; none has a completion marker); re-run with --run-name r1 to "
+        "retry them"),
     "incomplete": ("raise RunIncomplete('run r1: the summary could not be written\\n(storage gone)')", 3,
                    "error: run r1: the summary could not be written (storage gone)"),
     "bug": ("raise ZeroDivisionError('division by zero')", 1, "error: ZeroDivisionError: division by zero"),
@@ -146,7 +152,7 @@ def test_run_main_exit_codes_and_one_line_on_stderr(case):
     assert proc.returncode == code
     assert proc.stderr.splitlines() == [message]
     assert "progress line" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
-    if case == "failed_units":
+    if case.startswith("failed_units"):
         assert proc.stdout.rstrip().endswith("}") and '"failed_units": [' in proc.stdout
 
 
