@@ -5,6 +5,7 @@ a faiss header that lies, and images that are large once decoded. Each ends with
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,8 +18,10 @@ import pytest
 
 from faults.helpers import REPO, assert_all_units_marked, assert_complete, one_error_line
 from faults.hostile_corpus import (
+    BIG_SIDE,
     FAKE_INDEX_CLAIM,
     NON_UTF8_NAME,
+    big_pngs,
     broken_files,
     empty_tars,
     fake_faiss_release,
@@ -179,3 +182,45 @@ def run_measured(command: list[str], workdir: Path, timeout: float) -> tuple[int
             proc.wait()
             raise AssertionError(f"{' '.join(command[1:4])} still running after {timeout:g} s")
         time.sleep(0.05)
+
+
+def worker_peak(bank: Path, folder: Path, batch_size: int, max_decoded_bytes: int | None = None) -> dict:
+    """:mod:`faults.worker_memory` in a fresh process: one score worker's memory on one unit."""
+    command = [sys.executable, "-m", "faults.worker_memory", str(bank), str(folder), str(batch_size)]
+    command += [str(max_decoded_bytes)] if max_decoded_bytes else []
+    proc = subprocess.run(command, cwd=REPO / "tests", capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def assert_within_decoded_bound(result: dict, image_bytes: int, what: str) -> float:
+    """Growth while scoring <= the setting + one image being decoded and resized (PIL's copy, the array, and
+    the float copy torch resizes: about 6x its decoded bytes)."""
+    grown_mb = result["peak_mb"] - result["loaded_mb"]
+    bound_mb = (result["max_decoded_bytes"] + 6 * image_bytes) / 2**20
+    print(f"{what}: resident {result['loaded_mb']:.0f} MB once loaded, peak {result['peak_mb']:.0f} MB "
+          f"(+{grown_mb:.0f} MB; bound {bound_mb:.0f} MB)")
+    assert result["n_ok"] == result["n_rows"], result
+    assert grown_mb <= bound_mb, f"{what}: worker grew {grown_mb:.0f} MB, over the {bound_mb:.0f} MB bound"
+    return grown_mb
+
+
+def test_decoded_bytes_per_worker_are_bounded(fault_data, tmp_path, record_property):
+    """12 images of 3000 x 3000 (27 MB decoded each) in one batch of 12 would keep 324 MB; with
+    ``decode.max_decoded_bytes`` 64 MiB a batch closes after two images and the worker stays near the bound."""
+    side, count = 3000, 12
+    big_pngs(tmp_path / "in", count, side=side)
+    result = worker_peak(fault_data.bank, tmp_path / "in", batch_size=count, max_decoded_bytes=64 * 2**20)
+    grown = assert_within_decoded_bound(result, side * side * 3, f"{count} PNGs of {side}x{side}")
+    record_property("outcome", f"+{grown:.0f} MB while scoring {count} x {side}^2 with a 64 MiB bound")
+
+
+@pytest.mark.slow
+def test_sixteen_6300px_pngs_stay_within_the_default_bound(fault_data, tmp_path, record_property):
+    """The issue's case at its size, default settings (batch 8, 512 MiB): it took 2.9 GB per worker."""
+    side, count = BIG_SIDE, 16
+    big_pngs(tmp_path / "in", count)
+    result = worker_peak(fault_data.bank, tmp_path / "in", batch_size=8)
+    grown = assert_within_decoded_bound(result, side * side * 3, f"{count} PNGs of {side}x{side}")
+    record_property("outcome", f"peak {result['peak_mb']:.0f} MB (+{grown:.0f} MB) for {count} x {side}^2")
