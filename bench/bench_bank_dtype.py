@@ -29,14 +29,15 @@ def main() -> None:
     torch.set_num_threads(2)
     from PIL import Image
 
-    from pipeline.config import PatchCoreSettings, StorageSettings
+    from pipeline.config import StorageSettings
     from pipeline.demo_data import make_dataset
     from pipeline.detectors.patchcore import build_embedder
+    from pipeline.detectors.patchcore.settings import PatchCoreSettings
+    from pipeline.evaluation.metrics import roc_auc
     from pipeline.features.preprocess import Preprocess
     from pipeline.io.storage import Storage
     from pipeline.memory_bank.coreset import greedy_kcenter, project, random_projection
     from pipeline.memory_bank.index import ShardedIndex, build_index, serialize
-    from pipeline.metrics import roc_auc
 
     data = WORK / f"data-2000-{args.size}"
     if not data.exists():

@@ -78,14 +78,14 @@ def quality(data: Path, n_images: int, size: int) -> list[str]:
 
     from pipeline.config import FitConfig
     from pipeline.detectors.patchcore import PatchCoreDetector, preprocess_of
-    from pipeline.fit import FitWorker, local_budget
+    from pipeline.detectors.patchcore.fit import FitWorker, local_budget
+    from pipeline.evaluation.metrics import roc_auc
     from pipeline.io.batches import iter_batches
     from pipeline.io.sources import Listing, plan_units
     from pipeline.memory_bank.bank import BankMetadata
     from pipeline.memory_bank.coreset import covering_radius, greedy_kcenter, project, random_projection
     from pipeline.memory_bank.index import ShardedIndex, build_index
     from pipeline.memory_bank.knn import build_knn
-    from pipeline.metrics import roc_auc
 
     cfg = FitConfig.model_validate({"normal": str(subset(data, n_images)), "bank": str(WORK / "unused"),
                                     "patchcore": {"image_size": size, "coreset_ratio": 0.1},

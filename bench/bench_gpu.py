@@ -32,12 +32,12 @@ from pipeline.features.backbones import build_backbone  # noqa: E402
 from pipeline.features.patch_embedding import PatchEmbedder  # noqa: E402
 from pipeline.features.preprocess import Preprocess, gaussian_blur  # noqa: E402
 from pipeline.io.decode import decode_image  # noqa: E402
-from pipeline.io.heatmaps import overlay_png  # noqa: E402
 from pipeline.io.prefetch import ordered_map, prefetched, to_device  # noqa: E402
 from pipeline.memory_bank.coreset import greedy_kcenter, random_projection  # noqa: E402
 from pipeline.memory_bank.device_coreset import greedy_kcenter_torch  # noqa: E402
 from pipeline.memory_bank.device_knn import DeviceKNN  # noqa: E402
 from pipeline.memory_bank.merge import select_coreset  # noqa: E402
+from pipeline.results.heatmaps import overlay_png  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / ".work"
 

@@ -23,7 +23,7 @@ from score_table import test_images, write_table
 
 from pipeline.config import DecodeSettings, FitConfig, ScoreConfig
 from pipeline.detectors.patchcore import PatchCoreDetector, preprocess_of
-from pipeline.fit import FitWorker
+from pipeline.detectors.patchcore.fit import FitWorker
 from pipeline.io.batches import iter_batches
 from pipeline.io.sources import Listing, list_inputs, plan_units
 from pipeline.io.storage import Storage

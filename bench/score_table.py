@@ -5,7 +5,7 @@ Each system writes a score table (``write_table``): those image paths in that or
 score each and one anomaly map each at the scored resolution. ``aurocs`` computes image and pixel
 AUROC from a table with the same labels (the parent folder is ``defect``), the same masks
 (``ground_truth/defect/NAME_mask.png``, resized nearest to the map size) and the same function
-(``pipeline.metrics.roc_auc``), so no system is scored on its own split or by its own metric code.
+(``pipeline.evaluation.metrics.roc_auc``), so no system is scored on its own split or by its own metric code.
 
 This module is also imported by ``anomalib_patchcore.py`` inside anomalib's virtual environment,
 so it needs only numpy and PIL at import time.
@@ -32,7 +32,7 @@ def write_table(path: Path, root: Path, scored: dict[str, tuple[float, np.ndarra
 
 
 def aurocs(path: Path, root: Path) -> dict[str, float]:
-    from pipeline.metrics import roc_auc
+    from pipeline.evaluation.metrics import roc_auc
 
     table = np.load(path)
     images = [str(i) for i in table["images"]]

@@ -32,9 +32,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from pipeline.config import ConfigError, dump_config, load_config
-from pipeline.errors import RunIncomplete, SetupError
-from pipeline.io.storage import StorageError
+from pipeline.config import dump_config, load_config
+from pipeline.errors import ConfigError, RunIncomplete, SetupError, StorageError
 
 log = logging.getLogger(__name__)
 

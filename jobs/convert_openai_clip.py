@@ -16,8 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint for an s3:// --out")
     args = parser.parse_args(argv)
     from pipeline.config import StorageSettings
-    from pipeline.importers.openai_clip import convert
-    from pipeline.io.storage import Storage, StorageError
+    from pipeline.errors import StorageError
+    from pipeline.features.openai_clip import convert
+    from pipeline.io.storage import Storage
 
     if not args.source.is_file():
         print(f"error: source={args.source}: no such file", file=sys.stderr)

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def job() -> dict:
         from pipeline.demo_data import make_archive, make_dataset
-        from pipeline.fit import run_fit
+        from pipeline.detectors.patchcore.fit import run_fit
         from pipeline.score import run_score
 
         work = Path(args.workdir).resolve()

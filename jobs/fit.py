@@ -35,7 +35,7 @@ FLAGS = [
 
 
 def _run(cfg: FitConfig) -> dict[str, Any]:
-    from pipeline.fit import run_fit  # imports torch: only once the config is known to be valid
+    from pipeline.detectors.patchcore.fit import run_fit  # imports torch: only once the config is known to be valid
 
     return run_fit(cfg)
 

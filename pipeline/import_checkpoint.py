@@ -1,7 +1,7 @@
 """Driver of ``jobs.import_checkpoint``: fetch the release, fingerprint it, convert it, log it.
 
-Each release format has one module in :mod:`pipeline.importers` with
-``convert(source: Path, out: str, storage) -> dict``; this module is the same for all of them.
+Each release format is a detector's importer in the registry (``convert(source: Path, out: str, storage) -> dict``);
+this module is the same for all of them.
 A folder's fingerprint is the sha256 of its sorted ``name  sha256(file)`` lines, so it does not
 depend on where the folder was copied to.
 """
@@ -9,14 +9,14 @@ depend on where the folder was copied to.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import posixpath
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, ImportConfig
-from pipeline.errors import SetupError
+from pipeline.config import ImportConfig
+from pipeline.detectors.registry import DETECTORS, load_attr
+from pipeline.errors import ConfigError, SetupError
 from pipeline.io.storage import Storage
 from pipeline.tracking import check_tracking, start_run
 
@@ -63,13 +63,13 @@ def fetch_source(storage: Storage, uri: str, workdir: Path) -> Path:
 def run_import(cfg: ImportConfig) -> dict[str, Any]:
     storage = Storage(cfg.storage)
     tracking_uri = check_tracking(cfg.tracking)
-    importer = importlib.import_module(f"pipeline.importers.{cfg.format}")
+    importer = DETECTORS[cfg.format].importer
     with tempfile.TemporaryDirectory(prefix="import-") as tmp:
         source = fetch_source(storage, cfg.source, Path(tmp))
         sha = source_sha256(source)
-        options = {"trust_pickle": cfg.trust_pickle} if cfg.format == "dmad" else {}
+        options = {"trust_pickle": cfg.trust_pickle} if importer.runs_pickle else {}
         try:
-            applied = importer.convert(source, cfg.out, storage, **options)
+            applied = load_attr(importer.convert)(source, cfg.out, storage, **options)
         except ValueError as exc:  # the importers' refusals: something about the release, not a bug here
             raise ConfigError(f"--source {cfg.source}: {exc}") from exc
     summary = {"format": cfg.format, "source": cfg.source, "source_sha256": sha, "out": cfg.out,

@@ -8,7 +8,6 @@ other part, so there are never duplicates and never gaps.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import time
@@ -17,12 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError, ScoreConfig
+from pipeline.config import ScoreConfig
 from pipeline.detectors.base import Detector, ModelRef
-from pipeline.detectors.dmad import DMADDetector, video_frame_scores
 from pipeline.detectors.registry import DETECTORS, load_attr
-from pipeline.errors import RunIncomplete
-from pipeline.io import heatmaps, sinks
+from pipeline.errors import ConfigError, RunIncomplete, StorageError
+from pipeline.evaluation.segments import summarize_videos
 from pipeline.io.batches import Decoded, Failed, iter_batches
 from pipeline.io.prefetch import prefetched, to_device
 from pipeline.io.sources import (
@@ -34,8 +32,9 @@ from pipeline.io.sources import (
     plan_video_units,
     printable_name,
 )
-from pipeline.io.storage import Storage, StorageError, join
+from pipeline.io.storage import Storage
 from pipeline.progress import Progress
+from pipeline.results import RunLayout, heatmap_key, read_rows, sink
 from pipeline.runtime import (
     WorkerPool,
     decode_threads,
@@ -45,7 +44,6 @@ from pipeline.runtime import (
     start_error_line,
 )
 from pipeline.tracking import check_tracking, flatten, start_run
-from pipeline.video_summary import read_rows, summarize_videos
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +73,7 @@ class ScoreWorker:
 
     def __init__(self, cfg: ScoreConfig, run_id: str, model: ModelRef):
         self.cfg, self.run_id = cfg, run_id
+        self.layout = RunLayout.of(cfg.output, run_id)
         self.storage = Storage(cfg.storage)
         self.device = setup_worker_threads(cfg.runtime)
         self.threads = decode_threads(cfg.runtime)
@@ -84,13 +83,9 @@ class ScoreWorker:
     def ready(self) -> str:
         return self.detector.version
 
-    def _sequence_model(self) -> bool:
-        det = self.detector
-        return isinstance(det, DMADDetector) and det.settings.variant == "video"
-
     def score_unit(self, unit: WorkUnit) -> dict[str, Any]:
         cfg, det = self.cfg, self.detector
-        if self._sequence_model():
+        if det.context_frames:
             rows = self._score_clip_unit(unit)
             return self._finish(unit, rows)
         rows: list[dict[str, Any]] = []
@@ -113,20 +108,17 @@ class ScoreWorker:
                 amap: np.ndarray | None, latency: float) -> dict[str, Any]:
         cfg, det = self.cfg, self.detector
         heatmap_uri = None
-        key = sinks.heatmap_key(printable_name(item.source_uri), item.member_index, item.frame_index)
+        key = heatmap_key(printable_name(item.source_uri), item.member_index, item.frame_index)
         if amap is not None:
             amap = det.preprocess.uncrop(amap)  # in step with the whole input, not just the scored crop
         policy = cfg.video.heatmaps if unit.video else cfg.heatmaps
         if amap is not None and (policy == "all" or (policy == "anomalous" and anomalous)):
-            heatmap_uri = join(cfg.output, self.run_id, "heatmaps", unit.unit_id, key + ".png")
-            scale = self.threshold or float(amap.max())
-            self.storage.write_bytes(heatmap_uri, heatmaps.overlay_png(item.rgb, amap, scale))
+            heatmap_uri = self.layout.heatmap(unit.unit_id, key, ".png")
+            sink.write_overlay(self.storage, heatmap_uri, item.rgb, amap, self.threshold or float(amap.max()))
         map_uri = None
         if amap is not None and cfg.maps:  # the raw map at the scored resolution, for pixel metrics
-            map_uri = join(cfg.output, self.run_id, "heatmaps", unit.unit_id, key + ".npy")
-            buffer = io.BytesIO()
-            np.save(buffer, np.asarray(amap, dtype=np.float16), allow_pickle=False)
-            self.storage.write_bytes(map_uri, buffer.getvalue())
+            map_uri = self.layout.heatmap(unit.unit_id, key, ".npy")
+            sink.write_map(self.storage, map_uri, amap)
         return _row(self.run_id, unit, det.name, det.version, source_uri=item.source_uri, member=item.member,
                     member_index=item.member_index, frame_index=item.frame_index, timestamp_s=item.timestamp_s,
                     width=item.rgb.shape[1], height=item.rgb.shape[0], score=score, is_anomaly=anomalous,
@@ -134,18 +126,13 @@ class ScoreWorker:
                     map_uri=map_uri)
 
     def _score_clip_unit(self, unit: WorkUnit) -> list[dict[str, Any]]:
-        """Sequence detectors (DMAD video) see the unit's frames as one clip, with the frames just
-        before the unit as context; scores are normalised over the unit (a video, unless it was split)."""
+        """Sequence detectors see the unit's frames as one clip, with the frames just before the unit as
+        context; scores are normalised over the unit (a video, unless it was split)."""
         det, cfg = self.detector, self.cfg
-        context = det.settings.in_frames
+        context = det.context_frames
         if unit.video is None:
-            reason = "the video variant of DMAD scores videos only; train --variant image for images"
+            reason = f"detector {det.name} is a sequence model with these settings: it scores videos only"
             return [self._error_row(unit, Failed(s, m, reason, member_index=i))
-                    for s, m, i in unit_input_keys(self.storage, self.cfg, unit)]
-        try:
-            scene = det.scene_of(unit.video)
-        except ValueError as exc:
-            return [self._error_row(unit, Failed(s, m, str(exc), member_index=i))
                     for s, m, i in unit_input_keys(self.storage, self.cfg, unit)]
         lead = max(0, unit.frame_start - context * unit.frame_stride)
         span = WorkUnit(unit.unit_id, video=unit.video, frame_start=lead, frame_end=unit.frame_end,
@@ -159,20 +146,24 @@ class ScoreWorker:
         if not items:
             return rows
         start = time.perf_counter()
-        parts = det.score_clip(torch.stack([t for _, t in items]), scene=scene) if len(items) > context else None
+        try:
+            result = det.score_sequence(torch.stack([t for _, t in items]), unit.video) \
+                if len(items) > context else None
+        except ValueError as exc:
+            return [self._error_row(unit, Failed(s, m, str(exc), member_index=i))
+                    for s, m, i in unit_input_keys(self.storage, self.cfg, unit)]
         per_frame_ms = (time.perf_counter() - start) * 1e3 / len(items)
-        scores = (video_frame_scores(parts, det.settings) if parts else [])
         for i, (item, _) in enumerate(items):
             if item.frame_index < unit.frame_start:
                 continue  # context for the first predictions, scored by the previous unit
             if i < context:
                 rows.append(_row(self.run_id, unit, det.name, det.version, source_uri=item.source_uri,
                                  frame_index=item.frame_index, timestamp_s=item.timestamp_s, status="unscored",
-                                 error=f"DMAD predicts a frame from the {context} before it"))
+                                 error=f"{det.name} predicts a frame from the {context} before it"))
                 continue
-            score = float(scores[i - context])
+            score = float(result.scores[i - context])
             anomalous = None if self.threshold is None else score > self.threshold
-            rows.append(self._ok_row(unit, item, score, anomalous, parts["maps"][i - context],
+            rows.append(self._ok_row(unit, item, score, anomalous, result.maps[i - context],
                                      item.decode_ms + per_frame_ms))
         return rows
 
@@ -184,7 +175,6 @@ class ScoreWorker:
                     error=failed.error, threshold=self.threshold)
 
     def _finish(self, unit: WorkUnit, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        cfg = self.cfg
         counts = dict.fromkeys(COUNT_KEYS, 0)
         counts["n_rows"] = len(rows)
         counts["n_ok"] = sum(r["status"] == "ok" for r in rows)
@@ -193,9 +183,8 @@ class ScoreWorker:
         counts["n_anomalous"] = sum(bool(r.get("is_anomaly")) for r in rows)
         counts["n_heatmaps"] = sum(bool(r.get("heatmap_uri")) for r in rows)
         counts["latency_ms_sum"] = sum(r.get("latency_ms") or 0.0 for r in rows)
-        sinks.write_part(self.storage, sinks.part_uri(cfg.output, self.run_id, unit.unit_id), rows)
-        sinks.write_marker(self.storage, sinks.marker_uri(cfg.output, self.run_id, unit.unit_id),
-                           unit.fingerprint(), counts)
+        sink.write_part(self.storage, self.layout.part(unit.unit_id), rows)
+        sink.write_marker(self.storage, self.layout.marker(unit.unit_id), unit.fingerprint(), counts)
         return counts
 
 
@@ -221,7 +210,7 @@ def _failed_unit_rows(storage: Storage, cfg: ScoreConfig, run_id: str, unit: Wor
                  error=f"unit failed: {reason}") for s, m, i in unit_input_keys(storage, cfg, unit)]
     counts = dict.fromkeys(COUNT_KEYS, 0) | {"n_rows": len(rows), "n_errors": len(rows)}
     try:
-        sinks.write_part(storage, sinks.part_uri(cfg.output, run_id, unit.unit_id), rows)
+        sink.write_part(storage, RunLayout.of(cfg.output, run_id).part(unit.unit_id), rows)
     except StorageError as exc:
         log.warning("unit %s: could not write its error rows either (%s); a re-run retries it", unit.unit_id, exc)
         return None
@@ -230,7 +219,7 @@ def _failed_unit_rows(storage: Storage, cfg: ScoreConfig, run_id: str, unit: Wor
 
 def _open_manifest(storage: Storage, cfg: ScoreConfig, run_id: str, model_uri: str) -> int | None:
     """Resume: the bucket count of an earlier attempt of this run; refuse a changed model or input."""
-    uri = join(cfg.output, run_id, "run.json")
+    uri = RunLayout.of(cfg.output, run_id).manifest
     if not storage.exists(uri):
         return None
     earlier = json.loads(storage.read_bytes(uri))
@@ -291,7 +280,8 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     if model.warning:
         log.warning("%s", model.warning)
     run_id = cfg.run_name or "score-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    run_uri = join(cfg.output, run_id)
+    layout = RunLayout.of(cfg.output, run_id)
+    run_uri = layout.root
     log.info("run %s: input %s, output %s", run_id, cfg.input, run_uri)
 
     listing = list_inputs(storage, cfg.input, exclude=(cfg.output,))
@@ -304,14 +294,14 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     n_buckets = _open_manifest(storage, cfg, run_id, model.uri)
     units, n_buckets = plan_units(listing, cfg.images_per_unit, n_buckets)
     units += plan_video_units(storage, listing.videos, cfg.video)
-    storage.write_bytes(join(run_uri, "run.json"), json.dumps({
+    storage.write_bytes(layout.manifest, json.dumps({
         "run_id": run_id, "input": storage.canonical(cfg.input), "model_uri": model.uri, "detector": cfg.detector,
         "n_buckets": n_buckets, "config": cfg.model_dump(exclude={"storage": {"key", "secret"}}),
     }, indent=2, default=str).encode())
 
     done: dict[str, dict[str, Any]] = {}
     for unit in units:
-        marker = sinks.read_marker(storage, sinks.marker_uri(cfg.output, run_id, unit.unit_id))
+        marker = sink.read_marker(storage, layout.marker(unit.unit_id))
         if marker and marker.get("fingerprint") == unit.fingerprint():
             done[unit.unit_id] = marker["counts"]
     todo = [u for u in units if u.unit_id not in done]
@@ -331,7 +321,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
         for key in COUNT_KEYS:
             totals[key] += counts[key]
 
-    earlier = _read_json(storage, join(run_uri, "summary.json"))
+    earlier = _read_json(storage, layout.summary)
     summary = {
         "run_id": run_id, "output": run_uri, "input": cfg.input, "detector": cfg.detector,
         "model_uri": model.uri, "model_version": model.version,
@@ -350,7 +340,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
         summary["images_per_s"], summary["seconds"] = earlier.get("images_per_s", 0.0), earlier.get("seconds", {})
     try:
         videos = _write_video_summary(storage, cfg, listing, summary)
-        storage.write_bytes(join(run_uri, "summary.json"), json.dumps(summary, indent=2).encode())
+        storage.write_bytes(layout.summary, json.dumps(summary, indent=2).encode())
     except StorageError as exc:
         raise RunIncomplete(f"run {run_id}: {len(failed_units)} of {len(units)} work units failed and the summary "
                             f"could not be written ({exc}); re-run with --run-name {run_id} to finish") from exc
@@ -363,7 +353,7 @@ def _write_video_summary(storage: Storage, cfg: ScoreConfig, listing: Listing, s
     if not listing.videos:
         return []
     videos = summarize_videos(read_rows(storage, summary["output"]), summary["threshold"], cfg.video.smoothing_window)
-    storage.write_bytes(join(summary["output"], "videos.json"), json.dumps(videos, indent=2).encode())
+    storage.write_bytes(RunLayout(summary["output"]).videos, json.dumps(videos, indent=2).encode())
     summary["n_videos"] = len(listing.videos)
     summary["n_anomalous_segments"] = sum(len(v["segments"]) for v in videos)
     return videos
@@ -375,7 +365,7 @@ def _track(cfg: ScoreConfig, storage: Storage, model: ModelRef, summary: dict[st
     reopens the first attempt's MLflow run. A failure here is reported, never undoes the results."""
     if tracking_uri is None:
         return
-    record_uri = join(summary["output"], "tracking.json")
+    record_uri = RunLayout(summary["output"]).tracking
     record = _read_json(storage, record_uri)
     if record and not scored_anything:
         summary["mlflow_run_id"] = record["mlflow_run_id"]

@@ -1,5 +1,5 @@
 """Train a learned detector (see the registry): DMAD on normal data, AnomalyCLIP / InCTRL on auxiliary labelled
-data. The trainers themselves live beside their detectors (``pipeline.train_dmad``, ``pipeline.train_clip``); this
+data. The trainers themselves live in their detectors' packages (``pipeline.detectors.<name>.train``); this
 module holds the shared configuration and publishes the checkpoint to ``model_out`` (path or ``s3://``) and the loss
 curve and checkpoint to MLflow.
 """

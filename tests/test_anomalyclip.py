@@ -9,7 +9,6 @@ from pydantic import ValidationError
 from pipeline.config import StorageSettings
 from pipeline.detectors.anomalyclip import (
     AnomalyCLIPDetector,
-    AnomalyCLIPSettings,
     anomalyclip_losses,
     build_prompts,
     encode_image,
@@ -17,7 +16,9 @@ from pipeline.detectors.anomalyclip import (
     save_checkpoint,
     train_anomalyclip,
 )
-from pipeline.features.clip import ClipWeightsError, load_clip, normalize, tokenizer
+from pipeline.detectors.anomalyclip.settings import AnomalyCLIPSettings
+from pipeline.errors import ClipWeightsError
+from pipeline.features.clip import load_clip, normalize, tokenizer
 from pipeline.io.storage import Storage
 
 STORAGE = Storage(StorageSettings())

@@ -13,7 +13,8 @@ import torch
 import torchvision
 
 from pipeline.config import StorageSettings
-from pipeline.features.backbones import WeightsError, build_classifier, torchvision_weights
+from pipeline.errors import WeightsError
+from pipeline.features.backbones import build_classifier, torchvision_weights
 from pipeline.io.storage import Storage
 from pipeline.memory_bank.bank import upgrade_legacy
 

@@ -3,7 +3,7 @@ import pytest
 from conftest import small_patchcore
 
 from pipeline.config import FitConfig, StorageSettings
-from pipeline.fit import run_fit
+from pipeline.detectors.patchcore.fit import run_fit
 from pipeline.io.storage import Storage
 from pipeline.memory_bank.bank import (
     BankMetadata,

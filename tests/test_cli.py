@@ -172,7 +172,7 @@ def test_interrupt_names_the_run_name_from_the_config(capsys):
 def test_weights_error_is_a_setup_error_and_cli_does_not_import_torch(capsys):
     proc = _python("-c", "import sys, jobs.cli, jobs.fit, jobs.score; print('torch' in sys.modules)")
     assert proc.stdout.strip() == "False"
-    from pipeline.features.backbones import WeightsError
+    from pipeline.errors import WeightsError
 
     def job():
         raise WeightsError("patchcore.weights=/w.pt: not found")

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from pipeline.config import StorageSettings
-from pipeline.features.clip import ClipWeightsError, _force_quick_gelu, load_clip, normalize, uses_quick_gelu
+from pipeline.errors import ClipWeightsError
+from pipeline.features.clip import _force_quick_gelu, load_clip, normalize, uses_quick_gelu
 from pipeline.io.storage import Storage
 
 STORAGE = Storage(StorageSettings())

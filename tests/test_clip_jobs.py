@@ -5,9 +5,9 @@ import pytest
 
 from pipeline.config import ScoreConfig, StorageSettings
 from pipeline.io.storage import Storage
+from pipeline.results.rows import read_rows
 from pipeline.score import run_score
 from pipeline.train import TrainConfig, run_train
-from pipeline.video_summary import read_rows
 
 TINY = {"clip_arch": "tiny-vit-test", "image_size": 64}
 SETTINGS = {
@@ -35,7 +35,8 @@ def test_train_on_aux_folders_then_score(ray_runtime, dataset, tmp_path, detecto
 
 
 def test_inctrl_needs_prompts_and_clip_detectors_need_aux():
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match="inctrl needs prompts"):
         load_config(ScoreConfig, None, {"input": "/a", "output": "/b", "detector": "inctrl", "model": "/m.pt"})

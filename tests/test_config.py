@@ -1,7 +1,8 @@
 import pytest
 
-from pipeline.config import ConfigError, FitConfig, ScoreConfig, load_config
-from pipeline.io.storage import Storage, StorageError
+from pipeline.config import FitConfig, ScoreConfig, load_config
+from pipeline.errors import ConfigError, StorageError
+from pipeline.io.storage import Storage
 
 
 def test_flags_override_yaml_and_errors_name_the_setting(tmp_path):

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import torch
 
-from pipeline.fit import local_budget
+from pipeline.detectors.patchcore.fit import local_budget
 from pipeline.memory_bank.coreset import covering_radius, greedy_kcenter, project, random_projection
 from pipeline.memory_bank.index import ShardedIndex, build_index
 

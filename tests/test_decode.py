@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.io.decode import DecodeError, decode_image
+from pipeline.errors import DecodeError
+from pipeline.io.decode import decode_image
 
 LIMIT = 40_000_000
 

@@ -9,7 +9,6 @@ from pydantic import ValidationError
 from pipeline.config import StorageSettings
 from pipeline.detectors.dmad import (
     DMADDetector,
-    DMADSettings,
     build_model,
     clip_windows,
     load_checkpoint,
@@ -17,8 +16,9 @@ from pipeline.detectors.dmad import (
     train_dmad,
     video_frame_scores,
 )
-from pipeline.detectors.dmad_image import VectorQuantizer, identity_grid, sample
-from pipeline.detectors.dmad_video import OFFICIAL_ALPHA, frame_scores, scene_of, to_model_space
+from pipeline.detectors.dmad.image_model import VectorQuantizer, identity_grid, sample
+from pipeline.detectors.dmad.settings import OFFICIAL_ALPHA, DMADSettings
+from pipeline.detectors.dmad.video_model import frame_scores, scene_of, to_model_space
 from pipeline.io.storage import Storage
 
 STORAGE = Storage(StorageSettings())

@@ -12,9 +12,9 @@ from pipeline.config import ScoreConfig, StorageSettings
 from pipeline.demo_data import make_video
 from pipeline.detectors.dmad import DMADDetector
 from pipeline.io.storage import Storage
+from pipeline.results.rows import read_rows
 from pipeline.score import run_score
 from pipeline.train import TrainConfig, run_train
-from pipeline.video_summary import read_rows
 
 TINY = {"variant": "video", "image_size": 256, "in_frames": 2, "code_dim": 16, "skip_channels": 2,
         "offset_channels": 8, "codebook_size": 16, "window": 3, "window_keep": 2}

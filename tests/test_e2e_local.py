@@ -10,8 +10,8 @@ from conftest import small_patchcore
 
 from pipeline.config import FitConfig, ScoreConfig
 from pipeline.demo_data import make_archive
-from pipeline.fit import run_fit
-from pipeline.io.sinks import ROW_SCHEMA
+from pipeline.detectors.patchcore.fit import run_fit
+from pipeline.results.sink import ROW_SCHEMA
 from pipeline.score import run_score
 
 
@@ -99,7 +99,7 @@ def test_score_accounts_for_every_input_and_resumes_without_duplicates(fitted, d
 
 
 def test_resume_refuses_a_different_input(fitted, dataset, tmp_path):
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
 
     work, _, tracking = fitted
     archive = make_archive(dataset, tmp_path / "a")
@@ -126,7 +126,7 @@ def test_fit_with_the_official_patchsize_and_k_scores_as_it_calibrated(ray_runti
 
     from pipeline.config import StorageSettings
     from pipeline.detectors.patchcore import PatchCoreDetector
-    from pipeline.fit import split_calibration
+    from pipeline.detectors.patchcore.fit import split_calibration
     from pipeline.io.sources import list_inputs
     from pipeline.io.storage import Storage
 

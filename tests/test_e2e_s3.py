@@ -9,7 +9,7 @@ from conftest import s3_buckets, small_patchcore
 
 from pipeline.config import FitConfig, ScoreConfig
 from pipeline.demo_data import make_archive
-from pipeline.fit import run_fit
+from pipeline.detectors.patchcore.fit import run_fit
 from pipeline.score import run_score
 
 

@@ -10,8 +10,9 @@ from conftest import small_patchcore
 from PIL import Image
 
 from jobs.evaluate import main as evaluate_main
-from pipeline import metrics
-from pipeline.io import heatmaps, sinks
+from pipeline.evaluation import metrics
+from pipeline.results import heatmap_key, heatmaps
+from pipeline.results import sink as sinks
 
 MAP = 32  # the synthetic runs' scored resolution
 
@@ -28,7 +29,7 @@ def write_run(dataset: Path, out: Path, *, maps=True, threshold=0.5, scores=None
             else np.zeros(rgb.shape[:2], bool)
         amap = metrics.resize_nearest(mask, (MAP, MAP)).astype(np.float32) + 0.01 * i
         score = scores[i] if scores else float(amap.max()) + 0.1 * ("defect" in str(path))
-        key = sinks.heatmap_key(str(path), None, None)
+        key = heatmap_key(str(path), None, None)
         heat = run / "heatmaps" / "u0" / f"{key}.png"
         heat.parent.mkdir(parents=True, exist_ok=True)
         heat.write_bytes(heatmaps.overlay_png(rgb, amap, 1.0))
@@ -67,8 +68,8 @@ def evaluate(run: Path, *labels: str, extra=()) -> tuple[int, dict]:
 
 
 def expected(dataset: Path, run: Path):
-    from pipeline.io.sinks import ROW_SCHEMA  # noqa: F401 - the run is read back through the schema
-    from pipeline.video_summary import read_rows
+    from pipeline.results.rows import read_rows
+    from pipeline.results.sink import ROW_SCHEMA  # noqa: F401 - the run is read back through the schema
 
     rows = [r for r in read_rows(sinks_storage(), str(run), columns=None) if r["status"] == "ok"
             and r["frame_index"] is None]
@@ -180,7 +181,7 @@ def test_real_run_scored_with_maps(ray_runtime, dataset, tmp_path, capsys):
 
     from jobs.score import main as score_main
     from pipeline.config import FitConfig
-    from pipeline.fit import run_fit
+    from pipeline.detectors.patchcore.fit import run_fit
 
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     run_fit(FitConfig.model_validate({"normal": str(dataset / "train" / "good"), "bank": str(tmp_path / "bank"),
@@ -189,7 +190,7 @@ def test_real_run_scored_with_maps(ray_runtime, dataset, tmp_path, capsys):
     assert score_main(["--input", str(dataset / "test"), "--bank", str(tmp_path / "bank"), "--output",
                        str(tmp_path / "out"), "--run-name", "r", "--maps", "--workers", "2",
                        "--tracking-uri", tracking]) == 0
-    from pipeline.video_summary import read_rows
+    from pipeline.results.rows import read_rows
 
     rows = read_rows(sinks_storage(), str(tmp_path / "out" / "r"), columns=None)
     amap = np.load(rows[0]["map_uri"])

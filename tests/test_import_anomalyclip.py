@@ -15,13 +15,14 @@ from conftest import s3_buckets
 
 from jobs import import_checkpoint as import_job
 from pipeline.config import ScoreConfig, StorageSettings
-from pipeline.detectors.anomalyclip import CHECKPOINT_FORMAT, AnomalyCLIPDetector, AnomalyCLIPSettings
+from pipeline.detectors.anomalyclip import CHECKPOINT_FORMAT, AnomalyCLIPDetector
+from pipeline.detectors.anomalyclip.importer import convert
+from pipeline.detectors.anomalyclip.settings import AnomalyCLIPSettings
 from pipeline.detectors.checkpoints import checkpoint_version, pack
-from pipeline.importers.anomalyclip import convert
 from pipeline.io.decode import decode_image
 from pipeline.io.storage import Storage
+from pipeline.results.rows import read_rows
 from pipeline.score import run_score
-from pipeline.video_summary import read_rows
 from tests.test_official_anomalyclip import DATA, openai_state_file
 
 STORAGE = Storage(StorageSettings())

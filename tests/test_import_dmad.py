@@ -14,10 +14,10 @@ from test_official_dmad import DATA, official_state, official_windows
 from torch import nn
 
 from pipeline.config import StorageSettings
-from pipeline.detectors import dmad_video as pdm
 from pipeline.detectors.dmad import DMADDetector, image_scores
-from pipeline.detectors.dmad_image import ImageDMAD
-from pipeline.importers.dmad import IMAGE_PARTS, WIDE_RESNET50_CHANNELS, convert
+from pipeline.detectors.dmad import video_model as pdm
+from pipeline.detectors.dmad.image_model import ImageDMAD
+from pipeline.detectors.dmad.importer import IMAGE_PARTS, WIDE_RESNET50_CHANNELS, convert
 from pipeline.io.storage import Storage
 
 STORAGE = Storage(StorageSettings())

@@ -15,13 +15,14 @@ from conftest import s3_buckets
 from jobs import import_checkpoint as import_job
 from pipeline.config import ScoreConfig, StorageSettings
 from pipeline.detectors.checkpoints import checkpoint_version
-from pipeline.detectors.inctrl import InCTRLSettings, load_checkpoint, prompt_texts, read_prompt_file
+from pipeline.detectors.inctrl import load_checkpoint, prompt_texts, read_prompt_file
+from pipeline.detectors.inctrl.importer import convert, match_clip_arch
+from pipeline.detectors.inctrl.settings import InCTRLSettings
 from pipeline.features.clip import CLIP_MEAN, CLIP_STD, register_tiny_configs
-from pipeline.importers.inctrl import convert, match_clip_arch
 from pipeline.io.decode import decode_image
 from pipeline.io.storage import Storage
+from pipeline.results.rows import read_rows
 from pipeline.score import run_score
-from pipeline.video_summary import read_rows
 
 STORAGE = Storage(StorageSettings())
 ARCH = "tiny-inctrl-test"

@@ -16,7 +16,7 @@ from conftest import s3_buckets, seeded_torchvision_cache
 
 from pipeline.config import StorageSettings
 from pipeline.detectors.patchcore import PatchCoreDetector
-from pipeline.importers.patchcore import ImportRefused, convert
+from pipeline.detectors.patchcore.importer import ImportRefused, convert
 from pipeline.io.storage import Storage
 
 STORAGE = Storage(StorageSettings())
@@ -154,8 +154,9 @@ def test_import_to_s3_and_score_from_there(tmp_path, s3_endpoint, seeded_torchvi
 
 
 def test_an_imported_bank_cannot_be_extended_by_our_fit(tmp_path, dataset):
-    from pipeline.config import ConfigError, FitConfig
-    from pipeline.fit import run_fit
+    from pipeline.config import FitConfig
+    from pipeline.detectors.patchcore.fit import run_fit
+    from pipeline.errors import ConfigError
 
     convert(released_folder(tmp_path / "src"), str(tmp_path / "bank"), STORAGE)
     cfg = FitConfig(normal=str(dataset / "train" / "good"), bank=str(tmp_path / "bank"), update_from="latest",

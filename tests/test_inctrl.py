@@ -9,7 +9,6 @@ from pydantic import ValidationError
 from pipeline.config import StorageSettings
 from pipeline.detectors.inctrl import (
     InCTRLDetector,
-    InCTRLSettings,
     build_heads,
     choose_prompts,
     encode_images,
@@ -20,6 +19,7 @@ from pipeline.detectors.inctrl import (
     text_features,
     train_inctrl,
 )
+from pipeline.detectors.inctrl.settings import InCTRLSettings
 from pipeline.features.clip import load_clip
 from pipeline.io.storage import Storage
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.metrics import roc_auc
+from pipeline.evaluation.metrics import roc_auc
 
 
 def brute_force_auc(labels, scores):
@@ -35,7 +35,7 @@ def _random_case(seed, n=300, ties=True):
 def test_image_metrics_match_scikit_learn(seed):
     from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-    from pipeline import metrics
+    from pipeline.evaluation import metrics
 
     for ties in (True, False):
         y, s = _random_case(seed, ties=ties)
@@ -52,7 +52,7 @@ def test_image_metrics_match_scikit_learn(seed):
 
 
 def test_f1_max_threshold_is_inclusive():
-    from pipeline.metrics import f1_max
+    from pipeline.evaluation.metrics import f1_max
 
     # at t=0.4 (score >= t): tp=2 fp=0 fn=0 -> F1 1
     assert f1_max([0, 0, 1, 1], [0.1, 0.2, 0.4, 0.9]) == (1.0, 0.4)
@@ -60,7 +60,7 @@ def test_f1_max_threshold_is_inclusive():
 
 
 def test_aupro_hand_worked_two_regions():
-    from pipeline.metrics import aupro, pro_curve
+    from pipeline.evaluation.metrics import aupro, pro_curve
 
     mask = np.array([[1, 1, 0, 0],
                      [0, 0, 0, 0],
@@ -83,7 +83,7 @@ def test_aupro_hand_worked_two_regions():
 
 
 def test_aupro_over_several_images_pools_regions_and_normal_pixels():
-    from pipeline.metrics import aupro
+    from pipeline.evaluation.metrics import aupro
 
     # image 1: one region found perfectly; image 2: no region, a normal pixel scores highest of all
     m1, a1 = np.array([[1, 0], [0, 0]]), np.array([[0.8, 0.0], [0.0, 0.0]])
@@ -95,7 +95,7 @@ def test_aupro_over_several_images_pools_regions_and_normal_pixels():
 
 
 def test_resize_nearest_keeps_values():
-    from pipeline.metrics import resize_nearest
+    from pipeline.evaluation.metrics import resize_nearest
 
     mask = np.array([[0, 1], [1, 0]], dtype=bool)
     np.testing.assert_array_equal(resize_nearest(mask, (4, 4)), np.kron(mask, np.ones((2, 2), bool)))

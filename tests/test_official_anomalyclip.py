@@ -18,16 +18,11 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from pipeline.config import StorageSettings
-from pipeline.detectors.anomalyclip import (
-    AnomalyCLIPDetector,
-    AnomalyCLIPSettings,
-    build_prompts,
-    encode_image,
-    similarity_maps,
-)
+from pipeline.detectors.anomalyclip import AnomalyCLIPDetector, build_prompts, encode_image, similarity_maps
+from pipeline.detectors.anomalyclip.importer import prompt_tensors, read_prompt_learner
+from pipeline.detectors.anomalyclip.settings import AnomalyCLIPSettings
 from pipeline.features.clip import load_clip, normalize, uses_quick_gelu
 from pipeline.features.preprocess import gaussian_blur
-from pipeline.importers.anomalyclip import prompt_tensors, read_prompt_learner
 from pipeline.io.storage import Storage
 
 DATA = Path(__file__).parent / "data" / "official" / "anomalyclip"

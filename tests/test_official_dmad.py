@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.detectors import dmad_video as pdm
-from pipeline.detectors.dmad_video import VideoDMAD
-from pipeline.importers.dmad import official_settings, official_state_to_ours
+from pipeline.detectors.dmad import video_model as pdm
+from pipeline.detectors.dmad.importer import official_settings, official_state_to_ours
+from pipeline.detectors.dmad.video_model import VideoDMAD
 
 DATA = Path(__file__).parent / "data" / "official" / "dmad"
 TOL = 1e-4

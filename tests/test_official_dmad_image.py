@@ -12,9 +12,10 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from pipeline.detectors import dmad_image as ppdm
-from pipeline.detectors.dmad import DMADDetector, DMADSettings, normalise
-from pipeline.importers.dmad import official_image_state_to_ours
+from pipeline.detectors.dmad import DMADDetector, normalise
+from pipeline.detectors.dmad import image_model as ppdm
+from pipeline.detectors.dmad.importer import official_image_state_to_ours
+from pipeline.detectors.dmad.settings import DMADSettings
 
 REFERENCE = Path(__file__).parent / "data" / "official" / "dmad" / "image" / "image.pt"
 TOLERANCE = 1e-4

@@ -14,8 +14,8 @@ from PIL import Image
 
 from pipeline.config import StorageSettings
 from pipeline.detectors.inctrl import encode_images, load_checkpoint, read_prompt_file
+from pipeline.detectors.inctrl.importer import convert
 from pipeline.features.clip import CLIP_MEAN, CLIP_STD
-from pipeline.importers.inctrl import convert
 from pipeline.io.storage import Storage
 
 DATA = Path(__file__).parent / "data" / "official" / "inctrl"

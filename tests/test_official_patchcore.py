@@ -23,7 +23,7 @@ import torchvision
 
 from pipeline.config import StorageSettings
 from pipeline.detectors.patchcore import PatchCoreDetector
-from pipeline.importers.patchcore import convert
+from pipeline.detectors.patchcore.importer import convert
 from pipeline.io.storage import Storage
 
 DATA = pathlib.Path(__file__).parent / "data" / "official" / "patchcore"

@@ -5,8 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import PatchCoreSettings, StorageSettings
+from pipeline.config import StorageSettings
 from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder
+from pipeline.detectors.patchcore.settings import PatchCoreSettings
 from pipeline.features.preprocess import Preprocess, gaussian_blur
 from pipeline.io.storage import Storage
 from pipeline.memory_bank.bank import BankMetadata, publish_bank

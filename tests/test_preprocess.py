@@ -6,8 +6,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from pipeline.config import PatchCoreSettings
 from pipeline.detectors.patchcore import preprocess_of
+from pipeline.detectors.patchcore.settings import PatchCoreSettings
 from pipeline.features.preprocess import Preprocess
 
 MODES = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}

@@ -14,7 +14,7 @@ import pytest
 from conftest import free_port, small_patchcore
 
 from pipeline.config import FitConfig
-from pipeline.fit import run_fit
+from pipeline.detectors.patchcore.fit import run_fit
 
 RAY = shutil.which("ray", path=os.path.dirname(sys.executable))
 

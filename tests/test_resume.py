@@ -15,11 +15,12 @@ import pytest
 import torch
 from conftest import small_patchcore
 
-from pipeline.config import ConfigError, FitConfig, ScoreConfig
-from pipeline.fit import run_fit
-from pipeline.io import sinks
+from pipeline.config import FitConfig, ScoreConfig
+from pipeline.detectors.patchcore.fit import run_fit
+from pipeline.errors import ConfigError, StorageError
 from pipeline.io.sources import WorkUnit, list_inputs, plan_units, stable_hash
-from pipeline.io.storage import Storage, StorageError
+from pipeline.io.storage import Storage
+from pipeline.results import sink as sinks
 from pipeline.score import ScoreWorker, resolve_model, run_score
 
 NO_TRACKING = {"tracking": {"enabled": False}}

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import ConfigError, ScoreConfig, StorageSettings, load_config
-from pipeline.detectors.saa_prompts import PromptSet, load_prompts, packaged_text
-from pipeline.detectors.saa_stages import (
+from pipeline.config import ScoreConfig, StorageSettings, load_config
+from pipeline.detectors.saa.prompts import PromptSet, load_prompts, packaged_text
+from pipeline.detectors.saa.stages import (
     find_objects,
     fuse,
     inside_fraction,
@@ -21,6 +21,7 @@ from pipeline.detectors.saa_stages import (
     single_instance_saliency,
     top_k,
 )
+from pipeline.errors import ConfigError
 from pipeline.io.storage import Storage
 
 ROOT = Path(__file__).parent.parent
@@ -210,8 +211,8 @@ def test_random_weights_are_seeded_and_named_in_the_version(tiny_ref, one_torch_
 
 
 def test_folder_weights_round_trip_with_a_content_fingerprint(tiny_ref, tmp_path, one_torch_thread):
-    from pipeline.detectors.saa_models import load_gdino, load_sam, locate_weights
-    from pipeline.features.backbones import WeightsError
+    from pipeline.detectors.saa.models import load_gdino, load_sam, locate_weights
+    from pipeline.errors import WeightsError
 
     storage = Storage(StorageSettings())
     gdino, tokenizer = load_gdino(None, "tiny-test", 0, "saa.gdino_weights")

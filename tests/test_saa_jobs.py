@@ -14,12 +14,13 @@ import yaml
 from conftest import free_port, s3_buckets  # noqa: F401 - keeps conftest's environment set-up
 
 from jobs import score
-from pipeline.config import ConfigError, ScoreConfig, StorageSettings
+from pipeline.config import ScoreConfig, StorageSettings
 from pipeline.demo_data import make_video
-from pipeline.detectors.saa_prompts import load_prompts, packaged_text
+from pipeline.detectors.saa.prompts import load_prompts, packaged_text
+from pipeline.errors import ConfigError
 from pipeline.io.storage import Storage
+from pipeline.results.rows import read_rows
 from pipeline.score import run_score
-from pipeline.video_summary import read_rows
 
 FAST = {"saliency_backbone": "resnet18", "saliency_size": 64}
 
@@ -75,7 +76,7 @@ def s3(s3_endpoint):
 
 
 def test_weights_and_prompts_from_s3_with_mlflow(ray_runtime, dataset, s3, s3_endpoint, tmp_path):
-    from pipeline.detectors.saa_models import folder_fingerprint, load_gdino, load_sam
+    from pipeline.detectors.saa.models import folder_fingerprint, load_gdino, load_sam
 
     gdino, tokenizer = load_gdino(None, "tiny-test", 7, "saa.gdino_weights")
     gdino.save_pretrained(tmp_path / "gdino")

@@ -32,10 +32,11 @@ from s3fs.errors import translate_boto_error
 
 from pipeline.config import DecodeSettings, StorageSettings, VideoSettings
 from pipeline.demo_data import make_video
+from pipeline.errors import StorageError, TransientStorageError
 from pipeline.io import storage as storage_module
 from pipeline.io.batches import Decoded, _iter_decoded
 from pipeline.io.sources import iter_unit_items, list_inputs, plan_units, plan_video_units
-from pipeline.io.storage import Storage, StorageError, TransientStorageError, backoff_s
+from pipeline.io.storage import Storage, backoff_s
 
 LOCAL = Storage(StorageSettings())
 BUCKET = "outage"

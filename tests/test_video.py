@@ -13,13 +13,15 @@ from conftest import small_patchcore
 from jobs.evaluate import main as evaluate_main
 from pipeline.config import DecodeSettings, FitConfig, ScoreConfig, StorageSettings, VideoSettings
 from pipeline.demo_data import make_video
-from pipeline.fit import run_fit
+from pipeline.detectors.patchcore.fit import run_fit
+from pipeline.errors import VideoError
+from pipeline.evaluation.segments import moving_average
 from pipeline.io.batches import Decoded, Failed, _iter_decoded
 from pipeline.io.sources import plan_video_units
 from pipeline.io.storage import Storage
-from pipeline.io.video import MIN_PLAUSIBLE_BYTES_PER_FRAME, VideoError, frame_ranges, iter_frames, probe
+from pipeline.io.video import MIN_PLAUSIBLE_BYTES_PER_FRAME, frame_ranges, iter_frames, probe
+from pipeline.results.rows import read_rows
 from pipeline.score import run_score
-from pipeline.video_summary import moving_average, read_rows
 
 STORAGE = Storage(StorageSettings())
 TREE = Path(__file__).resolve().parent / "data" / "tree.avi"  # real Cinepak video (OpenCV sample data)

@@ -31,11 +31,20 @@ class ModelRef:
 
 
 class Detector(Protocol):
+    """Images in, scores (and maps) out. A sequence model (``context_frames > 0``, e.g. DMAD's video variant)
+    scores video units only, each as one clip whose first ``context_frames`` frames are context."""
+
     name: str
     version: str  # identifies the model artifact (bank version + fingerprint, checkpoint hash)
     threshold: float | None  # calibrated decision threshold, if the artifact has one
     preprocess: Preprocess  # decoded image -> the input :meth:`score` expects
+    context_frames: int  # frames a sequence model needs before each frame it scores; 0: images one by one
 
     def score(self, images: torch.Tensor) -> ScoreBatch:
         """``images``: float ``[B,3,S,S]`` in 0..1, ``S = preprocess.input_size``."""
+        ...
+
+    def score_sequence(self, frames: torch.Tensor, video: str) -> ScoreBatch:
+        """Sequence models only: frames ``[T,3,S,S]`` of one clip of ``video`` -> scores and maps of frames
+        ``context_frames..T-1``. ``ValueError`` for a clip this model cannot score (the reason is the message)."""
         ...

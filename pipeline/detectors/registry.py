@@ -1,6 +1,6 @@
 """Every detector, by name: what scoring it needs, how its model is resolved and loaded, how it is trained.
 
-Adding a detector is its module plus one :class:`DetectorEntry` here; the jobs look the name up and never branch
+Adding a detector is its package plus one :class:`DetectorEntry` here; the jobs look the name up and never branch
 on it. This module imports no torch: the command lines validate ``--detector`` against :data:`DETECTOR_NAMES`
 before the heavy imports. Resolvers, loaders, trainers and training settings are named ``"module:attribute"``
 and imported when first used (:func:`load_attr`).
@@ -10,7 +10,9 @@ Signatures of the named functions:
 - ``resolve(storage, cfg: ScoreConfig) -> ModelRef`` runs on the driver before any worker starts: it checks the
   model is there and readable and names its version;
 - ``load(cfg: ScoreConfig, storage, model: ModelRef, device) -> Detector`` runs once in each score worker;
-- ``Trainer.run(cfg: TrainConfig, local: bool) -> TrainResult`` trains on Ray and returns the checkpoint.
+- ``Trainer.run(cfg: TrainConfig, local: bool) -> TrainResult`` trains on Ray and returns the checkpoint;
+- ``Importer.convert(source: Path, out: str, storage, **options) -> dict`` turns the authors' released files into
+  this product's artifact (``jobs.import_checkpoint --format NAME``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipeline.detectors.saa_settings import SAASettings
+from pipeline.detectors.saa.settings import SAASettings
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,12 @@ class Trainer:
 
 
 @dataclass(frozen=True)
+class Importer:
+    convert: str  # "module:function", see the module docstring
+    runs_pickle: bool = False  # the release pickles code: converting it needs --trust-pickle
+
+
+@dataclass(frozen=True)
 class DetectorEntry:
     name: str
     needs: tuple[tuple[str, str], ...]  # (ScoreConfig setting, what it holds) that scoring cannot do without
@@ -39,35 +47,44 @@ class DetectorEntry:
     load: str
     trainer: Trainer | None = None
     score_settings: type[BaseModel] | None = None  # its own ScoreConfig section, named after it
+    importer: Importer | None = None
 
 
 _CHECKPOINT = ("model", "a checkpoint from jobs.train")
 
 DETECTORS: dict[str, DetectorEntry] = {e.name: e for e in [
     DetectorEntry("patchcore", needs=(("bank", "a memory bank from jobs.fit"),),
-                  resolve="pipeline.detectors.patchcore:resolve_bank",
-                  load="pipeline.detectors.patchcore:load_for_score"),
+                  resolve="pipeline.detectors.patchcore.detector:resolve_bank",
+                  load="pipeline.detectors.patchcore.detector:load_for_score",
+                  importer=Importer("pipeline.detectors.patchcore.importer:convert")),
     DetectorEntry("dmad", needs=(_CHECKPOINT,),
                   resolve="pipeline.detectors.checkpoints:resolve_checkpoint",
-                  load="pipeline.detectors.dmad:load_for_score",
-                  trainer=Trainer("normal", "pipeline.detectors.dmad:DMADSettings", "pipeline.train_dmad:run")),
+                  load="pipeline.detectors.dmad.detector:load_for_score",
+                  trainer=Trainer("normal", "pipeline.detectors.dmad.settings:DMADSettings",
+                                  "pipeline.detectors.dmad.train:run"),
+                  importer=Importer("pipeline.detectors.dmad.importer:convert", runs_pickle=True)),
     DetectorEntry("anomalyclip", needs=(_CHECKPOINT,),
                   resolve="pipeline.detectors.checkpoints:resolve_checkpoint",
-                  load="pipeline.detectors.anomalyclip:load_for_score",
-                  trainer=Trainer("aux", "pipeline.detectors.anomalyclip:AnomalyCLIPSettings",
-                                  "pipeline.train_clip:run_anomalyclip")),
+                  load="pipeline.detectors.anomalyclip.detector:load_for_score",
+                  trainer=Trainer("aux", "pipeline.detectors.anomalyclip.settings:AnomalyCLIPSettings",
+                                  "pipeline.detectors.anomalyclip.train:run"),
+                  importer=Importer("pipeline.detectors.anomalyclip.importer:convert")),
     DetectorEntry("inctrl", needs=(_CHECKPOINT, ("prompts", "normal images to draw its few-shot prompts from")),
                   resolve="pipeline.detectors.checkpoints:resolve_checkpoint",
-                  load="pipeline.detectors.inctrl:load_for_score",
-                  trainer=Trainer("aux", "pipeline.detectors.inctrl:InCTRLSettings", "pipeline.train_clip:run_inctrl")),
+                  load="pipeline.detectors.inctrl.detector:load_for_score",
+                  trainer=Trainer("aux", "pipeline.detectors.inctrl.settings:InCTRLSettings",
+                                  "pipeline.detectors.inctrl.train:run"),
+                  importer=Importer("pipeline.detectors.inctrl.importer:convert")),
     DetectorEntry("saa", needs=(("saa.gdino_weights", "GroundingDINO weights: folder, s3://, hub name or none"),
                                 ("saa.sam_weights", "SAM weights: folder, s3://, hub name or none")),
-                  resolve="pipeline.detectors.saa:resolve_saa", load="pipeline.detectors.saa:load_for_score",
+                  resolve="pipeline.detectors.saa.detector:resolve_saa",
+                  load="pipeline.detectors.saa.detector:load_for_score",
                   score_settings=SAASettings),
 ]}
 
 DETECTOR_NAMES: tuple[str, ...] = tuple(DETECTORS)
 TRAINABLE_NAMES: tuple[str, ...] = tuple(n for n, e in DETECTORS.items() if e.trainer)
+IMPORTABLE_NAMES: tuple[str, ...] = tuple(n for n, e in DETECTORS.items() if e.importer)
 
 
 def load_attr(ref: str) -> Any:

@@ -24,6 +24,8 @@ import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from pipeline.errors import WeightsError
+
 if TYPE_CHECKING:
     from pipeline.io.storage import Storage
 
@@ -32,10 +34,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 PAPER_TORCHVISION_WEIGHTS = "IMAGENET1K_V1"  # torchvision's ``pretrained=True``, as the official code
-
-
-class WeightsError(RuntimeError):
-    """Backbone weights could not be loaded; the message names the ``weights`` setting."""
 
 
 def is_torchvision(weights: str) -> bool:

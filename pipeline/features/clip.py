@@ -11,7 +11,7 @@ state_dict too (reference tests).
 Activation: OpenAI's CLIP (and e.g. LAION's ``laion400m_*`` ViT-B-32 weights) were trained with QuickGELU;
 open_clip only warns when such weights meet a GELU config. Here the activation follows the weights
 whenever they say which they need: a pretrained tag's open_clip config (``quick_gelu``), a state_dict file
-written by :mod:`pipeline.importers.openai_clip` (``quick_gelu: true``) or holding the leftovers of
+written by :mod:`pipeline.features.openai_clip` (``quick_gelu: true``) or holding the leftovers of
 OpenAI's TorchScript file (``input_resolution``, ``context_length``, ``vocab_size``). Such weights get
 QuickGELU whatever ``clip_arch`` says (``ViT-L-14-336`` and ``ViT-L-14-336-quickgelu`` then give the same
 model); a ``-quickgelu`` architecture with weights known to be GELU is refused. A state_dict that says
@@ -30,6 +30,7 @@ import open_clip
 import torch
 from torch import nn
 
+from pipeline.errors import ClipWeightsError
 from pipeline.io.storage import Storage
 
 CLIP_MEAN = open_clip.OPENAI_DATASET_MEAN
@@ -56,10 +57,6 @@ TINY_CONFIGS = {
 # Entries of the state_dict of OpenAI's TorchScript CLIP files that are no weights; they mark OpenAI's origin.
 OPENAI_TORCHSCRIPT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 _registered = False
-
-
-class ClipWeightsError(RuntimeError):
-    """CLIP weights could not be loaded; the message names the setting."""
 
 
 def register_tiny_configs() -> None:

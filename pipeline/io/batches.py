@@ -16,12 +16,13 @@ import numpy as np
 import torch
 
 from pipeline.config import DecodeSettings
+from pipeline.errors import DecodeError, StorageError, TransientStorageError, VideoError
 from pipeline.features.preprocess import Preprocess
-from pipeline.io.decode import DecodeError, decode_image
+from pipeline.io.decode import decode_image
 from pipeline.io.prefetch import ordered_map
 from pipeline.io.sources import RawItem, WorkUnit, iter_unit_items
-from pipeline.io.storage import Storage, StorageError, TransientStorageError
-from pipeline.io.video import VideoError, iter_frames
+from pipeline.io.storage import Storage
+from pipeline.io.video import iter_frames
 
 
 @dataclass

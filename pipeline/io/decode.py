@@ -16,11 +16,9 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from pipeline.errors import DecodeError
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-class DecodeError(ValueError):
-    """The input is not a usable image; the message is the row's ``error``."""
 
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import DecodeSettings
+from pipeline.errors import DecodeError
 from pipeline.features.preprocess import Preprocess
-from pipeline.io.decode import DecodeError, decode_image
+from pipeline.io.decode import decode_image
 from pipeline.io.sources import is_image
 from pipeline.io.storage import Storage
 

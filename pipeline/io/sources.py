@@ -31,8 +31,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pipeline.config import DecodeSettings, VideoSettings
-from pipeline.io.storage import Storage, StorageError, TransientStorageError
-from pipeline.io.video import VideoError, frame_ranges, is_video, probe, stride_for
+from pipeline.errors import StorageError, TransientStorageError, VideoError
+from pipeline.io.storage import Storage
+from pipeline.io.video import frame_ranges, is_video, probe, stride_for
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")

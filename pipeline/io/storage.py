@@ -39,6 +39,7 @@ import fsspec.asyn
 from fsspec.exceptions import FSTimeoutError
 
 from pipeline.config import StorageSettings
+from pipeline.errors import StorageError, TransientStorageError
 
 T = TypeVar("T")
 
@@ -68,15 +69,6 @@ class _DropOrphanedUploadErrors(logging.Filter):
 
 
 logging.getLogger("asyncio").addFilter(_DropOrphanedUploadErrors())
-
-
-class StorageError(RuntimeError):
-    """Storage cannot be reached or an object is missing; the message names the URI/setting."""
-
-
-class TransientStorageError(StorageError):
-    """Storage kept failing in a way that may pass (outage, throttling): the input itself may be fine,
-    so the work that needed it should fail whole and be retried by a re-run, not recorded as bad input."""
 
 
 def join(base: str, *parts: str) -> str:

@@ -20,7 +20,8 @@ from typing import IO
 import av
 import numpy as np
 
-from pipeline.io.storage import Storage, StorageError, TransientStorageError
+from pipeline.errors import StorageError, TransientStorageError, VideoError
+from pipeline.io.storage import Storage
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov")
 
@@ -40,18 +41,6 @@ class VideoFrame:
     index: int
     timestamp_s: float
     rgb: np.ndarray
-
-
-class VideoError(ValueError):
-    """The video (or the rest of it) cannot be decoded; the message is the row's ``error``.
-
-    ``frame_index`` is the first frame that could not be decoded, None when the file cannot be
-    opened as a video at all: it keeps the error rows of one video apart from each other.
-    """
-
-    def __init__(self, message: str, frame_index: int | None = None):
-        super().__init__(message)
-        self.frame_index = frame_index
 
 
 def _open(fh: IO[bytes]) -> av.container.InputContainer:

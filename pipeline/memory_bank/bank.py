@@ -19,7 +19,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from pipeline.io.storage import Storage, StorageError, join
+from pipeline.errors import StorageError
+from pipeline.io.storage import Storage, join
 from pipeline.memory_bank.index import ShardedIndex, build_index, deserialize, serialize, split_rows
 
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")

@@ -24,7 +24,7 @@ class FaultData:
 @pytest.fixture(scope="session")
 def fault_data(ray_runtime, tmp_path_factory) -> FaultData:
     from pipeline.config import FitConfig
-    from pipeline.fit import run_fit
+    from pipeline.detectors.patchcore.fit import run_fit
 
     root = tmp_path_factory.mktemp("faults")
     data = make_dataset(root / "data", n_train=12, n_test_good=N_IMAGES // 2, n_test_defect=N_IMAGES // 2, size=64)

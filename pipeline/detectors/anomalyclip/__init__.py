@@ -1,0 +1,46 @@
+"""AnomalyCLIP (Zhou et al., ICLR 2024): zero-shot, object-agnostic learnable prompts over a frozen CLIP with DPAM.
+
+Public names are re-exported here and imported on first use (PEP 562), so the registry and the command
+lines can name a detector's settings without loading torch or the models."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "AnomalyCLIPDetector": "pipeline.detectors.anomalyclip.detector",
+    "AnomalyCLIPPrompts": "pipeline.detectors.anomalyclip.detector",
+    "AnomalyCLIPSettings": "pipeline.detectors.anomalyclip.settings",
+    "CHECKPOINT_FORMAT": "pipeline.detectors.anomalyclip.settings",
+    "RANDOM_FINGERPRINT_PREFIX": "pipeline.detectors.anomalyclip.settings",
+    "RELEASED_CLIP": "pipeline.detectors.anomalyclip.importer",
+    "anomalyclip_losses": "pipeline.detectors.anomalyclip.train",
+    "build_prompts": "pipeline.detectors.anomalyclip.detector",
+    "convert": "pipeline.detectors.anomalyclip.importer",
+    "dice_loss": "pipeline.detectors.anomalyclip.train",
+    "encode_image": "pipeline.detectors.anomalyclip.detector",
+    "fixed_token_embeddings": "pipeline.detectors.anomalyclip.importer",
+    "focal_loss": "pipeline.detectors.anomalyclip.train",
+    "image_logits": "pipeline.detectors.anomalyclip.detector",
+    "load_checkpoint": "pipeline.detectors.anomalyclip.detector",
+    "load_for_score": "pipeline.detectors.anomalyclip.detector",
+    "prompt_tensors": "pipeline.detectors.anomalyclip.importer",
+    "read_prompt_learner": "pipeline.detectors.anomalyclip.importer",
+    "run": "pipeline.detectors.anomalyclip.train",
+    "save_checkpoint": "pipeline.detectors.anomalyclip.detector",
+    "similarity_maps": "pipeline.detectors.anomalyclip.detector",
+    "token_embedding_sha256": "pipeline.detectors.anomalyclip.detector",
+    "train_anomalyclip": "pipeline.detectors.anomalyclip.train",
+    "vv_attention": "pipeline.detectors.anomalyclip.detector",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value

@@ -1,1 +1,0 @@
-"""Importers: the authors' released checkpoints to this product's artifacts."""
