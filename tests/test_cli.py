@@ -116,6 +116,26 @@ def test_alias_bomb_in_config_fails_fast_with_one_short_line(tmp_path, capsys):
     assert len(line) < 300 and "anchors and aliases" in line and "line 1" in line
 
 
+
+@pytest.mark.parametrize("case", ["deep", "duplicate"])
+def test_deep_or_duplicated_yaml_is_one_line_and_exit_2(tmp_path, case):
+    """Issue 21: 330 nested brackets (1 KB) gave a 3,000-line RecursionError traceback; a second ``input:``
+    was silently taken. Both are one line naming the line of the file, exit 2, before any work."""
+    from faults.hostile_corpus import YAML_DEPTH, deep_yaml, duplicate_key_yaml
+
+    path = deep_yaml(tmp_path / "deep.yaml") if case == "deep" else duplicate_key_yaml(tmp_path / "dup.yaml")
+    argv = ["--output", str(tmp_path / "out")] + (["--bank", "/b"] if case == "deep" else [])
+    proc = _python("-m", "jobs.score", "--config", str(path), *argv)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.splitlines()
+    assert "Traceback" not in proc.stderr and len(line) < 300, line
+    if case == "deep":
+        assert path.stat().st_size < 1024 and YAML_DEPTH > 300
+        assert line == f"error: --config {path} line 1: nested more than 64 levels deep"
+    else:
+        assert line == f"error: --config {path} line 4: key 'input' given twice (first on line 1); keep one"
+
+
 FAKE_JOBS = {
     "interrupt": ("raise KeyboardInterrupt", 130, "interrupted; re-run with --run-name r1 to resume"),
     "failed_units": ("return {'run_id': 'r1', 'n_units': 40, 'failed_units': ['u1', 'u2', 'u3']}", 3,

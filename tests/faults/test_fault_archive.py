@@ -27,7 +27,8 @@ from faults.hostile_corpus import (
     fake_faiss_release,
     non_utf8_folder,
 )
-from pipeline.config import ConfigError, FitConfig, ScoreConfig
+from pipeline.config import FitConfig, ScoreConfig
+from pipeline.errors import ConfigError
 from pipeline.score import run_score
 
 UNIT_TIMEOUT_S = 60.0
@@ -95,7 +96,7 @@ def test_a_name_that_is_not_utf8_gets_a_row_and_the_run_goes_on(fault_data, tmp_
 def test_fit_reads_a_folder_with_a_name_that_is_not_utf8(ray_runtime, fault_data, tmp_path):
     from conftest import small_patchcore
 
-    from pipeline.fit import run_fit
+    from pipeline.detectors.patchcore.fit import run_fit
 
     folder = tmp_path / "normal"
     non_utf8_folder(folder, copy_images(fault_data, tmp_path / "src", 5))
