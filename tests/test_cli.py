@@ -136,6 +136,21 @@ def test_deep_or_duplicated_yaml_is_one_line_and_exit_2(tmp_path, case):
         assert line == f"error: --config {path} line 4: key 'input' given twice (first on line 1); keep one"
 
 
+
+def test_fit_with_a_file_as_bank_fails_before_any_work(dataset, tmp_path):
+    """Issue 21: it ran the whole fit, then failed on NotADirectoryError (hours of GPU time on a cluster)."""
+    bank = tmp_path / "afile"
+    bank.write_bytes(b"not a folder")
+    start = time.perf_counter()
+    proc = _python("-m", "jobs.fit", "--normal", str(dataset / "train" / "good"), "--bank", str(bank),
+                   "--no-tracking")
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [f"error: bank={bank}: {bank} is an existing file; bank must be a folder"]
+    assert seconds < 10, f"{seconds:.1f} s"
+    assert bank.read_bytes() == b"not a folder" and sorted(tmp_path.iterdir()) == [bank]
+
+
 FAKE_JOBS = {
     "interrupt": ("raise KeyboardInterrupt", 130, "interrupted; re-run with --run-name r1 to resume"),
     "failed_units": ("return {'run_id': 'r1', 'n_units': 40, 'failed_units': ['u1', 'u2', 'u3']}", 3,

@@ -196,12 +196,12 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     storage = Storage(cfg.storage)
     storage.check_reachable(cfg.normal, "normal")
-    storage.check_reachable(cfg.bank, "bank")
+    storage.check_writable_folder(cfg.bank, "bank")  # a file there would fail the publish, after the whole fit
     tracking_uri = check_tracking(cfg.tracking)
     cfg, parent, parent_vectors = _parent(storage, cfg)
     pc = cfg.patchcore
     _check_weights(storage, pc.backbone, pc.weights)
-    listing = list_inputs(storage, cfg.normal)
+    listing = list_inputs(storage, cfg.normal, exclude=(cfg.bank,))
     if not listing.images and not listing.tars and not listing.videos:
         raise ConfigError(f"normal={cfg.normal}: no images, .tar shards or videos found")
     train, calibration = split_calibration(listing, pc.calibration_fraction)
