@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from pipeline.config import dump_config, load_config
-from pipeline.errors import ConfigError, RunIncomplete, SetupError, StorageError
+from pipeline.errors import ClipWeightsError, ConfigError, RunIncomplete, SetupError, StorageError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +184,8 @@ def _fail(code: int, message: str) -> int:
 
 
 def _setup_errors() -> tuple[type[Exception], ...]:
-    """Errors in the user's input or environment. ``WeightsError`` lives beside torch: it can only
-    have been raised if its module was imported, so it is looked up, never imported, here."""
-    backbones = sys.modules.get("pipeline.features.backbones")
-    return (ConfigError, StorageError, SetupError) + ((backbones.WeightsError,) if backbones else ())
+    """Errors in the user's input or environment."""
+    return (ConfigError, StorageError, SetupError, WeightsError, ClipWeightsError)
 
 
 def _rerun(run_name: str | None) -> str:
