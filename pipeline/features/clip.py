@@ -145,7 +145,7 @@ def check_clip_weights(arch: str, weights: str, storage: Storage) -> None:
         open_clip.pretrained.download_pretrained(tag_cfg)
     except Exception as exc:  # noqa: BLE001 - no network, hub errors, a broken cache: the same advice
         raise ClipWeightsError(f"clip_weights={weights}: the {weights} weights of {arch} are not on this machine and "
-                               f"could not be downloaded ({type(exc).__name__}); "
+                               f"could not be downloaded; "
                                f"{_place_hint(weights, tag_cfg)}") from exc
 
 
