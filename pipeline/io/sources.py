@@ -125,7 +125,8 @@ def list_inputs(storage: Storage, uri: str, exclude: tuple[str, ...] = ()) -> Li
             videos.append(path)
         else:
             skipped.append(path)
-    left_out = sorted(f for f in outside if any(_under(p, {f}) for p in files))
+    held = {f for f in outside if any(_under(p, {f}) for p in files)}
+    left_out = sorted(f for f in held if not _under(f, held))  # the outermost: results/ holds its run folders
     return Listing(images, tars, skipped, videos, left_out=left_out, n_left_out=len(files) - len(kept))
 
 
