@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# torch/torchvision: a matched pair that pip takes from this machine's disk (see README).
+# torch/torchvision: a matched pair that pip takes from this machine's disk (see docs/development.md).
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 
 $(STAMP): pyproject.toml

@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jobs.cli import Flag, run_config_job
-
-if TYPE_CHECKING:
-    from pipeline.train import TrainConfig
+from pipeline.config import TrainConfig
 
 FLAGS = [
     Flag("--detector", "detector", help="detector to train"),
@@ -36,9 +34,6 @@ def _run(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # TrainConfig is defined beside the training code, so even --help imports torch here
-    from pipeline.train import TrainConfig
-
     return run_config_job("python -m jobs.train", __doc__, TrainConfig, FLAGS, argv, _run)
 
 

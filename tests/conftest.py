@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.demo_data import make_dataset
+from tests.helpers.runs import free_port, seeded_torchvision_cache
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TQDM_DISABLE", "1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -60,32 +55,9 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def seeded_torchvision_cache(torch_home: Path, arch: str, seed: int):
-    """A seeded ``arch`` saved in ``torch_home``'s hub cache under torchvision's IMAGENET1K_V1 file name, so
-    ``weights: torchvision`` loads it and nothing downloads. Returns the model (eval mode)."""
-    import torch
-    import torchvision
-
-    torch.manual_seed(seed)
-    model = torchvision.models.get_model(arch, weights=None)
-    url = torchvision.models.get_model_weights(arch)["IMAGENET1K_V1"].url
-    checkpoints = torch_home / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), checkpoints / url.rsplit("/", 1)[-1])
-    return model.eval()
-
-
-def s3_buckets(endpoint: str, *buckets: str):
-    """An s3fs filesystem on the moto server at ``endpoint``, with ``buckets`` created if missing."""
-    import s3fs
-
-    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": endpoint},
-                           skip_instance_cache=True)
-    for bucket in buckets:
-        if not fs.exists(bucket):
-            fs.mkdir(bucket)
-    return fs
-
-
-def small_patchcore(**extra) -> dict:
-    return {"image_size": 64, "batch_size": 4} | extra
+@pytest.fixture()
+def seeded_torchvision_resnet18(tmp_path, monkeypatch) -> torch.nn.Module:
+    """$TORCH_HOME holding a seeded resnet18 under torchvision's IMAGENET1K_V1 file name (nothing downloads)."""
+    model = seeded_torchvision_cache(tmp_path / "torch-home", "resnet18", 3)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    return model

@@ -50,7 +50,7 @@ def test_every_flag_names_a_described_setting():
         for flag in job_flags(model, job.FLAGS):
             assert field_of(model, flag.key).description, flag.key
             assert flag.help is None, f"{flag.name}: describe it in the model instead"
-    from pipeline.train import TrainConfig
+    from pipeline.config import TrainConfig
 
     for flag in job_flags(TrainConfig, train.FLAGS):
         assert field_of(TrainConfig, flag.key).description or flag.help, flag.key
@@ -122,7 +122,7 @@ def test_alias_bomb_in_config_fails_fast_with_one_short_line(tmp_path, capsys):
 def test_deep_or_duplicated_yaml_is_one_line_and_exit_2(tmp_path, case):
     """Issue 21: 330 nested brackets (1 KB) gave a 3,000-line RecursionError traceback; a second ``input:``
     was silently taken. Both are one line naming the line of the file, exit 2, before any work."""
-    from faults.hostile_corpus import YAML_DEPTH, deep_yaml, duplicate_key_yaml
+    from tests.helpers.hostile_corpus import YAML_DEPTH, deep_yaml, duplicate_key_yaml
 
     path = deep_yaml(tmp_path / "deep.yaml") if case == "deep" else duplicate_key_yaml(tmp_path / "dup.yaml")
     argv = ["--output", str(tmp_path / "out")] + (["--bank", "/b"] if case == "deep" else [])

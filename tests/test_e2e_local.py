@@ -6,13 +6,13 @@ from pathlib import Path
 import mlflow
 import pyarrow.dataset as pads
 import pytest
-from conftest import small_patchcore
 
 from pipeline.config import FitConfig, ScoreConfig
 from pipeline.demo_data import make_archive
 from pipeline.detectors.patchcore.fit import run_fit
 from pipeline.results.sink import ROW_SCHEMA
 from pipeline.score import run_score
+from tests.helpers.runs import small_patchcore
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ import io
 import mlflow
 import pyarrow.parquet as pq
 import pytest
-from conftest import s3_buckets, small_patchcore
 
 from pipeline.config import FitConfig, ScoreConfig
 from pipeline.demo_data import make_archive
 from pipeline.detectors.patchcore.fit import run_fit
 from pipeline.score import run_score
+from tests.helpers.runs import s3_buckets, small_patchcore
 
 
 @pytest.fixture()

@@ -7,11 +7,11 @@ import shutil
 
 import mlflow
 import torch
-from conftest import s3_buckets
-from test_import_patchcore import released_folder, seeded_torchvision_resnet18  # noqa: F401 (a fixture)
 
 from jobs import import_checkpoint as import_job
 from pipeline.import_checkpoint import source_sha256
+from tests.helpers.official import released_folder
+from tests.helpers.runs import s3_buckets
 
 
 def test_a_release_folder_on_s3_becomes_a_bank_on_s3_logged_with_its_sha256(

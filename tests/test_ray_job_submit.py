@@ -11,10 +11,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, small_patchcore
 
 from pipeline.config import FitConfig
 from pipeline.detectors.patchcore.fit import run_fit
+from tests.helpers.runs import free_port, small_patchcore
 
 RAY = shutil.which("ray", path=os.path.dirname(sys.executable))
 

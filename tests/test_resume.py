@@ -13,7 +13,6 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import small_patchcore
 
 from pipeline.config import FitConfig, ScoreConfig
 from pipeline.detectors.patchcore.fit import run_fit
@@ -22,6 +21,7 @@ from pipeline.io.sources import WorkUnit, list_inputs, plan_units, stable_hash
 from pipeline.io.storage import Storage
 from pipeline.results import sink as sinks
 from pipeline.score import ScoreWorker, resolve_model, run_score
+from tests.helpers.runs import small_patchcore
 
 NO_TRACKING = {"tracking": {"enabled": False}}
 

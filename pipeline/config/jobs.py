@@ -1,15 +1,23 @@
-"""The configuration of each job: fit, score, evaluate and import (train's is in :mod:`pipeline.train`, built from
-the registry's trainable detectors)."""
+"""The configuration of each job: fit, score, train, evaluate and import. Score and train get one section per
+detector that has settings, from the registry."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, create_model, model_validator
+from pydantic import BaseModel, Field, create_model, model_validator
 
 from pipeline.config.sections import JobConfig, StorageSettings, StrictModel, TrackingSettings
 from pipeline.detectors.patchcore.settings import PatchCoreSettings
-from pipeline.detectors.registry import DETECTOR_NAMES, DETECTORS, IMPORTABLE_NAMES, missing_needs, score_sections
+from pipeline.detectors.registry import (
+    DETECTOR_NAMES,
+    DETECTORS,
+    IMPORTABLE_NAMES,
+    TRAINABLE_NAMES,
+    load_attr,
+    missing_needs,
+    score_sections,
+)
 
 
 class FitConfig(JobConfig):
@@ -114,3 +122,55 @@ class ImportConfig(StrictModel):
             raise ValueError(f"trust_pickle applies to format {pickled} only; {self.format} is read without pickle "
                              f"code")
         return self
+
+
+OVERRIDES = ("clip_arch", "clip_weights")  # top-level settings applied to the trained detector's section
+
+
+
+def _trained_on(data: str) -> str:
+    return "/".join(n for n in TRAINABLE_NAMES if DETECTORS[n].trainer.data == data)
+
+
+def _overridden(setting: str) -> str:
+    """The trained detectors' sections that have ``setting``, as ``name.setting`` joined by " / "."""
+    return " / ".join(f"{n}.{setting}" for n in TRAINABLE_NAMES
+                      if setting in load_attr(DETECTORS[n].trainer.settings).model_fields)
+
+
+class _TrainSettings(JobConfig):
+    detector: Literal[TRAINABLE_NAMES] = TRAINABLE_NAMES[0]  # type: ignore[valid-type]  # the registry's names
+    normal: str | None = Field(None, min_length=1, description=f"{_trained_on('normal')}: normal images or videos")
+    aux: str | None = Field(None, min_length=1, description=f"{_trained_on('aux')}: MVTec-style labelled folders")
+    clip_arch: str | None = Field(None, description=f"overrides {_overridden('clip_arch')}")
+    clip_weights: str | None = Field(None, description=f"overrides {_overridden('clip_weights')}")
+    model_out: str = Field(min_length=1)
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(8, ge=2, le=1024, description="per worker; batch norm needs at least 2")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _data_for_detector(self) -> _TrainSettings:
+        data = DETECTORS[self.detector].trainer.data
+        if not getattr(self, data):
+            raise ValueError(f"detector {self.detector} trains on its {data} data: set {data}")
+        return self
+
+    def detector_settings(self) -> BaseModel:
+        """The trained detector's section, with the top-level :data:`OVERRIDES` that it has and that are set."""
+        section = getattr(self, self.detector)
+        update = {k: getattr(self, k) for k in OVERRIDES if getattr(self, k) and k in type(section).model_fields}
+        return type(section).model_validate(section.model_dump() | update)
+
+
+
+def _sections() -> dict[str, Any]:
+    fields = {}
+    for name in TRAINABLE_NAMES:
+        settings = load_attr(DETECTORS[name].trainer.settings)
+        fields[name] = (settings, Field(default_factory=settings, description=f"detector {name}'s settings"))
+    return fields
+
+
+
+TrainConfig = create_model("TrainConfig", __base__=_TrainSettings, __module__=__name__, **_sections())

@@ -14,7 +14,7 @@ from pipeline.io.storage import Storage
 from pipeline.runtime import setup_worker_threads
 
 if TYPE_CHECKING:
-    from pipeline.train import TrainConfig
+    from pipeline.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

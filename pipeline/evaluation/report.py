@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.evaluation import metrics  # noqa: E402
+import pipeline.evaluation.metrics as metrics  # noqa: E402
 from pipeline.evaluation.labels import Labels, image_label, row_path  # noqa: E402
 
 THUMB = 224

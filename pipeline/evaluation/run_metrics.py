@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.evaluation import metrics
+import pipeline.evaluation.metrics as metrics
 from pipeline.evaluation.labels import ImageLabel, Labels, image_label, load_mask, row_path
 from pipeline.evaluation.metrics import roc_auc
 

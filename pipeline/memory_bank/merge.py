@@ -9,7 +9,7 @@ runs greedy on more than ``max_vectors`` vectors: while the union is larger, it 
 contiguous chunks of at most ``max_vectors``, each chunk is reduced to its share of ``k`` times
 ``min(chunks, oversample)`` (the same over-sampling as the first round), and the results are
 merged again. Each round is another composable-coreset round (a factor of 2 on the covering
-radius bound, in practice far less, see the README); the chunks of a round run in parallel.
+radius bound, in practice far less, see docs/benchmarks.md); the chunks of a round run in parallel.
 The bound holds when ``k <= max_vectors / 2``; with a larger ``k`` the last step reduces more.
 """
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import StorageError
 from pipeline.io.storage import Storage
-from pipeline.results import heatmaps
+from pipeline.results.heatmaps import overlay_png
 
 ROW_SCHEMA = pa.schema([
     ("run_id", pa.string()),
@@ -58,7 +58,7 @@ def read_marker(storage: Storage, uri: str) -> dict[str, Any] | None:
 
 def write_overlay(storage: Storage, uri: str, rgb: np.ndarray, amap: np.ndarray, scale: float) -> None:
     """The colour overlay of ``amap`` on the decoded image, as PNG (see :mod:`pipeline.results.heatmaps`)."""
-    storage.write_bytes(uri, heatmaps.overlay_png(rgb, amap, scale))
+    storage.write_bytes(uri, overlay_png(rgb, amap, scale))
 
 
 def write_map(storage: Storage, uri: str, amap: np.ndarray) -> None:

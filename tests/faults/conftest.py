@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import small_patchcore
 
-from faults.helpers import N_IMAGES
 from pipeline.demo_data import make_dataset
+from tests.helpers.faults import N_IMAGES
+from tests.helpers.runs import small_patchcore
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from faults.helpers import REPO, assert_all_units_marked, assert_complete, one_error_line
-from faults.hostile_corpus import (
+from pipeline import score as score_module
+from pipeline.config import FitConfig, ScoreConfig
+from pipeline.errors import ConfigError
+from pipeline.io.sources import list_inputs, plan_units
+from pipeline.io.storage import Storage
+from pipeline.score import ScoreWorker, resolve_model, run_score
+from tests.helpers.faults import REPO, assert_all_units_marked, assert_complete, one_error_line
+from tests.helpers.hostile_corpus import (
     BIG_SIDE,
     FAKE_INDEX_CLAIM,
     NON_UTF8_NAME,
@@ -28,12 +34,7 @@ from faults.hostile_corpus import (
     fake_faiss_release,
     non_utf8_folder,
 )
-from pipeline import score as score_module
-from pipeline.config import FitConfig, ScoreConfig
-from pipeline.errors import ConfigError
-from pipeline.io.sources import list_inputs, plan_units
-from pipeline.io.storage import Storage
-from pipeline.score import ScoreWorker, resolve_model, run_score
+from tests.helpers.runs import small_patchcore
 
 UNIT_TIMEOUT_S = 60.0
 
@@ -98,8 +99,6 @@ def test_a_name_that_is_not_utf8_gets_a_row_and_the_run_goes_on(fault_data, tmp_
 
 
 def test_fit_reads_a_folder_with_a_name_that_is_not_utf8(ray_runtime, fault_data, tmp_path):
-    from conftest import small_patchcore
-
     from pipeline.detectors.patchcore.fit import run_fit
 
     folder = tmp_path / "normal"
@@ -191,10 +190,10 @@ def run_measured(command: list[str], workdir: Path, timeout: float) -> tuple[int
 
 def worker_peak(bank: Path, folder: Path, batch_size: int, max_decoded_bytes: int | None = None) -> dict:
     """:mod:`faults.worker_memory` in a fresh process: one score worker's memory on one unit."""
-    command = [sys.executable, "-m", "faults.worker_memory", str(bank), str(folder), str(batch_size)]
+    command = [sys.executable, "-m", "tests.helpers.worker_memory", str(bank), str(folder), str(batch_size)]
     command += [str(max_decoded_bytes)] if max_decoded_bytes else []
-    proc = subprocess.run(command, cwd=REPO / "tests", capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"})
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

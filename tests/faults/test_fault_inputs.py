@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from faults.helpers import assert_all_units_marked, assert_complete, lying_avi
 from pipeline.config import ScoreConfig, StorageSettings, VideoSettings
 from pipeline.demo_data import make_video
 from pipeline.io.sources import plan_video_units
 from pipeline.io.storage import Storage
 from pipeline.score import run_score
+from tests.helpers.faults import assert_all_units_marked, assert_complete, lying_avi
 
 FEW_UNITS = 16  # most work units a 20-frame video whose header claims 10^9 frames may be planned into
 UNIT_TIMEOUT_S = 60.0  # a unit that blocks (a FIFO read, a runaway decode) fails instead of hanging the suite

@@ -10,9 +10,10 @@ from urllib.parse import urlparse
 import pytest
 import s3fs
 import yaml
-from relay import Relay
 
-from faults.helpers import (
+from pipeline.config import ScoreConfig
+from pipeline.score import run_score
+from tests.helpers.faults import (
     N_IMAGES,
     Background,
     assert_all_units_marked,
@@ -23,8 +24,7 @@ from faults.helpers import (
     score_command,
     wait_for,
 )
-from pipeline.config import ScoreConfig
-from pipeline.score import run_score
+from tests.helpers.relay import Relay
 
 IN, OUT = "faults-in", "faults-out"
 OUTAGE_S = 2.5  # the short outages; the retry budget of max_attempts=6 sleeps 7.75 s at least

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-from conftest import free_port
-
-from faults.helpers import one_error_line, run_job, score_command
+from tests.helpers.faults import one_error_line, run_job, score_command
+from tests.helpers.runs import free_port
 
 
 def test_unreachable_tracking_server_fails_before_any_work(fault_data, cluster_env, tmp_path, record_property):

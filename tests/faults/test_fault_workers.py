@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from faults.helpers import (
+from pipeline.config import ScoreConfig
+from pipeline.score import run_score
+from tests.helpers.faults import (
     N_IMAGES,
     REPO,
     Background,
@@ -25,8 +27,6 @@ from faults.helpers import (
     score_worker_processes,
     wait_for,
 )
-from pipeline.config import ScoreConfig
-from pipeline.score import run_score
 
 
 def score_cfg(fault_data, output: Path, **extra) -> ScoreConfig:

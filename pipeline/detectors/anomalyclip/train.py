@@ -28,7 +28,7 @@ from pipeline.io.storage import Storage
 from pipeline.runtime import run_task
 
 if TYPE_CHECKING:
-    from pipeline.train import TrainConfig
+    from pipeline.config import TrainConfig
 
 
 def focal_loss(probs: Tensor, target: Tensor, gamma: float = 2.0, eps: float = 1e-5) -> Tensor:

@@ -40,7 +40,7 @@ from pipeline.io.storage import Storage
 from pipeline.runtime import setup_worker_threads, start_gang, training_errors
 
 if TYPE_CHECKING:
-    from pipeline.train import TrainConfig
+    from pipeline.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

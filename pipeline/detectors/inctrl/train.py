@@ -23,7 +23,7 @@ from pipeline.detectors.inctrl.settings import InCTRLSettings
 from pipeline.runtime import run_task
 
 if TYPE_CHECKING:
-    from pipeline.train import TrainConfig
+    from pipeline.config import TrainConfig
 
 
 def binary_loss(scores: Tensor, labels: Tensor, gamma: float) -> Tensor:

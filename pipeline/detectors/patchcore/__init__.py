@@ -31,7 +31,6 @@ _HOMES = {
     "read_params": "pipeline.detectors.patchcore.importer",
     "resolve_bank": "pipeline.detectors.patchcore.detector",
     "run_fit": "pipeline.detectors.patchcore.fit",
-    "settings_from_metadata": "pipeline.detectors.patchcore.detector",
     "split_calibration": "pipeline.detectors.patchcore.fit",
 }
 

@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -112,11 +113,11 @@ class FitWorker:
                            pc.coreset_dtype)
 
     def calibration_scores(self, units: list[WorkUnit], vectors: np.ndarray, meta: BankMetadata) -> list[float]:
-        index = ShardedIndex([bank_index.build_index(vectors, meta.index_dtype)])
+        index = ShardedIndex([bank_index.build_index(vectors, meta.patchcore.index_dtype)])
         detector = PatchCoreDetector(self.embedder, build_knn(index, "auto", self.device), meta, self.device)
         scores: list[float] = []
         for unit in units:
-            for batch in iter_batches(self.storage, unit, self.cfg.decode, preprocess_of(meta),
+            for batch in iter_batches(self.storage, unit, self.cfg.decode, preprocess_of(meta.patchcore),
                                       self.cfg.patchcore.batch_size, self.threads):
                 if batch.tensor is not None:
                     scores += detector.score(batch.tensor).scores.tolist()
@@ -169,7 +170,7 @@ def _parent(storage: Storage, cfg: FitConfig) -> tuple[FitConfig, BankMetadata |
                           f"features come from a backbone with shifted BatchNorm statistics; our fits use the clean "
                           f"backbone, so its vectors cannot be extended: fit a new bank instead")
     vectors = load_index(storage, uri, parent).all_vectors()
-    inherited = {k: getattr(parent, k) for k in FEATURE_SETTINGS}
+    inherited = {k: getattr(parent.patchcore, k) for k in FEATURE_SETTINGS}
     cfg = cfg.model_copy(update={"patchcore": cfg.patchcore.model_copy(update=inherited)})
     return cfg, parent, vectors
 
@@ -219,109 +220,140 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
         pool.shutdown()
 
 
-def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Listing, units: list[WorkUnit],
-                 calibration: list[str], parent: BankMetadata | None, parent_vectors: np.ndarray | None,
-                 tracking_uri: str | None, t0: float) -> dict[str, Any]:
-    pc = cfg.patchcore
-    n_shards = len(units)
-    weights_fingerprint = pool.wait_ready()[0]
-    if parent is not None and weights_fingerprint != parent.weights_fingerprint:
-        raise ConfigError(f"update_from={parent.version}: backbone weights {pc.weights} changed since that bank "
-                          f"({weights_fingerprint} vs {parent.weights_fingerprint}); fit a new bank instead")
-    startup_s = time.perf_counter() - t0
+@dataclass
+class Round1:
+    """What the shards' workers sent back: their local coresets and what they saw."""
 
-    t1 = time.perf_counter()
-    coresets, errors, n_images, n_patches, grid, worker_s = [], [], 0, 0, None, []
-    progress = Progress("fit shards", n_shards, "images")
-    for unit, result, exc in pool.map("extract_and_reduce", units, extra=lambda _u: (n_shards,)):
+    coresets: list[np.ndarray] = field(default_factory=list)
+    errors: list[tuple[str, str | None, str]] = field(default_factory=list)
+    n_images: int = 0
+    n_patches: int = 0
+    grid: tuple[int, int] | None = None
+    worker_s: list[tuple[float, float]] = field(default_factory=list)  # (features, coreset) seconds per shard
+
+
+def _round1(cfg: FitConfig, pool: WorkerPool, units: list[WorkUnit]) -> Round1:
+    """Every shard embedded and reduced to its local coreset on the workers; a shard that fails stops the fit."""
+    out = Round1()
+    progress = Progress("fit shards", len(units), "images")
+    for unit, result, exc in pool.map("extract_and_reduce", units, extra=lambda _u: (len(units),)):
         if exc is not None:
             raise RunIncomplete(f"fit shard {unit.unit_id} failed ({start_error_line(exc)}); no bank was "
                                 f"published: fix the cause and run the fit again") from exc
         progress.update(result["n_images"], len(result["errors"]))
-        errors += result["errors"]
-        worker_s.append((result["features_s"], result["coreset_s"]))
+        out.errors += result["errors"]
+        out.worker_s.append((result["features_s"], result["coreset_s"]))
         if result["features"] is not None:
-            coresets.append(result["features"])
-            n_images += result["n_images"]
-            n_patches += result["n_patches"]
-            grid = result["grid"]
+            out.coresets.append(result["features"])
+            out.n_images += result["n_images"]
+            out.n_patches += result["n_patches"]
+            out.grid = result["grid"]
     progress.finish()
-    if not coresets:
-        raise ConfigError(f"normal={cfg.normal}: none of the {len(errors)} inputs could be decoded")
-    round1_s = time.perf_counter() - t1
+    if not out.coresets:
+        raise ConfigError(f"normal={cfg.normal}: none of the {len(out.errors)} inputs could be decoded")
+    return out
 
-    t2 = time.perf_counter()
-    total_patches = n_patches + (parent.n_patches if parent else 0)
-    parts = ([parent_vectors] if parent is not None else []) + coresets
-    del coresets
+
+def _merge(cfg: FitConfig, pool: WorkerPool, shards: Round1, parent: BankMetadata | None,
+           parent_vectors: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """Round 2: the union of the local coresets (and a parent bank's vectors) reduced to the final size."""
+    pc = cfg.patchcore
+    total_patches = shards.n_patches + (parent.n_patches if parent else 0)
+    parts = ([parent_vectors] if parent is not None else []) + shards.coresets
+    shards.coresets = []  # the merge tree owns them now
     k = min(sum(len(p) for p in parts), math.ceil(pc.coreset_ratio * total_patches))
-    union, merge_rounds = merge_tree(parts, k, pc.merge_max_vectors, pc.local_oversample, _merge_runner(cfg, pool))
-    merge_s = time.perf_counter() - t2
+    return merge_tree(parts, k, pc.merge_max_vectors, pc.local_oversample, _merge_runner(cfg, pool))
 
+
+def _calibrate(pool: WorkerPool, calibration: list[str], union: np.ndarray, meta: BankMetadata) -> None:
+    """The decision threshold from the held-out normal images: the largest of their scores."""
+    if not calibration:
+        return
+    cal_units, _ = plan_units(Listing(calibration, [], []), len(calibration))
+    cal_scores = np.array(pool.call_any("calibration_scores", cal_units, union, meta))
+    if 0 < len(cal_scores) < RELIABLE_CALIBRATION_IMAGES:
+        log.warning("the threshold is calibrated on %d held-out normal images; below %d it is unreliable: "
+                    "add normal images, raise patchcore.calibration_fraction, or score with --threshold",
+                    len(cal_scores), RELIABLE_CALIBRATION_IMAGES)
+    if len(cal_scores):
+        meta.threshold = float(cal_scores.max())
+        meta.calibration = {"n": float(len(cal_scores)), "mean": float(cal_scores.mean()),
+                            "std": float(cal_scores.std()), "max": float(cal_scores.max())}
+
+
+def _metadata(cfg: FitConfig, listing: Listing, shards: Round1, n_shards: int, union: np.ndarray,
+              weights_fingerprint: str, parent: BankMetadata | None) -> BankMetadata:
     lineage = (parent.lineage if parent else []) + [LineageEntry(
-        version="", normal_uri=cfg.normal, n_images=n_images,
+        version="", normal_uri=cfg.normal, n_images=shards.n_images,
         listing_fingerprint=listing_fingerprint(listing.images + listing.tars + listing.videos))]
-    meta = BankMetadata(
+    return BankMetadata(
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), normal_uri=cfg.normal,
-        parent=parent.version if parent else None, lineage=lineage,
-        backbone=pc.backbone, weights=pc.weights, weights_fingerprint=weights_fingerprint, seed=pc.seed,
-        layers=pc.layers, image_size=pc.image_size, crop_fraction=pc.crop_fraction,
-        interpolation=pc.interpolation, pretrain_embed_dim=pc.pretrain_embed_dim,
-        embed_dim=pc.embed_dim, grid=grid, patchsize=pc.patchsize,
-        patch_distance=parent.patch_distance if parent else "squared", anomaly_scorer_num_nn=pc.anomaly_scorer_num_nn,
-        coreset_ratio=pc.coreset_ratio,
-        coreset_projection_dim=pc.coreset_projection_dim, num_neighbors=pc.num_neighbors, reweight=pc.reweight,
-        sigma=pc.sigma, precision=pc.precision, index_dtype=pc.index_dtype,
-        n_images=n_images + (parent.n_images if parent else 0), n_errors=len(errors), n_patches=total_patches,
+        parent=parent.version if parent else None, lineage=lineage, patchcore=cfg.patchcore,
+        weights_fingerprint=weights_fingerprint, grid=shards.grid,
+        patch_distance=parent.patch_distance if parent else "squared",
+        n_images=shards.n_images + (parent.n_images if parent else 0), n_errors=len(shards.errors),
+        n_patches=shards.n_patches + (parent.n_patches if parent else 0),
         n_bank=len(union), n_shards=n_shards, threshold=parent.threshold if parent else None,
         calibration=parent.calibration if parent else {}, fingerprint=fingerprint(union),
     )
 
-    t3 = time.perf_counter()
-    if calibration:
-        cal_units, _ = plan_units(Listing(calibration, [], []), len(calibration))
-        cal_scores = np.array(pool.call_any("calibration_scores", cal_units, union, meta))
-        if 0 < len(cal_scores) < RELIABLE_CALIBRATION_IMAGES:
-            log.warning("the threshold is calibrated on %d held-out normal images; below %d it is unreliable: "
-                        "add normal images, raise patchcore.calibration_fraction, or score with --threshold",
-                        len(cal_scores), RELIABLE_CALIBRATION_IMAGES)
-        if len(cal_scores):
-            meta.threshold = float(cal_scores.max())
-            meta.calibration = {"n": float(len(cal_scores)), "mean": float(cal_scores.mean()),
-                                "std": float(cal_scores.std()), "max": float(cal_scores.max())}
-    calibration_s = time.perf_counter() - t3
 
-    t4 = time.perf_counter()
-    meta = publish_bank(storage, cfg.bank, union, meta, pc.shard_vectors)
-    publish_s = time.perf_counter() - t4
+def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Listing, units: list[WorkUnit],
+                 calibration: list[str], parent: BankMetadata | None, parent_vectors: np.ndarray | None,
+                 tracking_uri: str | None, t0: float) -> dict[str, Any]:
+    weights_fingerprint = pool.wait_ready()[0]
+    if parent is not None and weights_fingerprint != parent.weights_fingerprint:
+        raise ConfigError(f"update_from={parent.version}: backbone weights {cfg.patchcore.weights} changed since "
+                          f"that bank ({weights_fingerprint} vs {parent.weights_fingerprint}); fit a new bank instead")
+    seconds = {"startup": time.perf_counter() - t0}
+    t = time.perf_counter()
+    shards = _round1(cfg, pool, units)
+    seconds["features_and_local_coreset"] = time.perf_counter() - t
+    t = time.perf_counter()
+    union, merge_rounds = _merge(cfg, pool, shards, parent, parent_vectors)
+    seconds["coreset_merge"] = time.perf_counter() - t
+    meta = _metadata(cfg, listing, shards, len(units), union, weights_fingerprint, parent)
+    t = time.perf_counter()
+    _calibrate(pool, calibration, union, meta)
+    seconds["calibration"] = time.perf_counter() - t
+    t = time.perf_counter()
+    meta = publish_bank(storage, cfg.bank, union, meta, cfg.patchcore.shard_vectors)
+    seconds["index_and_publish"] = time.perf_counter() - t
+    seconds["fit"] = sum(seconds[k] for k in ("features_and_local_coreset", "coreset_merge", "calibration",
+                                              "index_and_publish"))
+    seconds["worker_features_sum"] = sum(f for f, _ in shards.worker_s)
+    seconds["worker_coreset_sum"] = sum(c for _, c in shards.worker_s)
+    seconds["total"] = time.perf_counter() - t0
     summary = {
         "bank": cfg.bank, "version": meta.version, "parent": meta.parent, "fingerprint": meta.fingerprint,
-        "n_inputs": len(listing.images) + len(listing.tars) + len(listing.videos), "n_train_images": n_images,
-        "n_calibration_images": len(calibration), "n_errors": len(errors), "n_patches": n_patches,
-        "n_bank": meta.n_bank, "n_index_shards": len(meta.shards), "n_feature_shards": n_shards,
+        "n_inputs": len(listing.images) + len(listing.tars) + len(listing.videos), "n_train_images": shards.n_images,
+        "n_calibration_images": len(calibration), "n_errors": len(shards.errors), "n_patches": shards.n_patches,
+        "n_bank": meta.n_bank, "n_index_shards": len(meta.shards), "n_feature_shards": len(units),
         "threshold": meta.threshold,
-        "errors": [{"source_uri": s, "member": m, "error": e} for s, m, e in errors],
-        "coreset_merge_rounds": merge_rounds,
-        "seconds": {"startup": startup_s, "features_and_local_coreset": round1_s, "coreset_merge": merge_s,
-                    "calibration": calibration_s, "index_and_publish": publish_s,
-                    "fit": round1_s + merge_s + calibration_s + publish_s,
-                    "worker_features_sum": sum(f for f, _ in worker_s),
-                    "worker_coreset_sum": sum(c for _, c in worker_s),
-                    "total": time.perf_counter() - t0},
+        "errors": [{"source_uri": s, "member": m, "error": e} for s, m, e in shards.errors],
+        "coreset_merge_rounds": merge_rounds, "seconds": seconds,
     }
+    _track(cfg, storage, meta, summary, tracking_uri)
+    return summary
+
+
+def _track(cfg: FitConfig, storage: Storage, meta: BankMetadata, summary: dict[str, Any],
+           tracking_uri: str | None) -> None:
+    """Log the fit to MLflow; a failure here is reported and never unpublishes the bank."""
     try:
         with start_run(cfg.tracking, f"fit-{meta.version}", "fit") as run:
             run.params(flatten(cfg.model_dump()) | {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint,
                                                    "bank.parent": meta.parent})
             run.tags({"bank_uri": cfg.bank, "bank_version": meta.version, "bank_parent": meta.parent or "",
                       "normal_uri": cfg.normal})
-            run.metrics({"n_train_images": n_images, "n_errors": len(errors), "n_patches": n_patches,
-                         "n_bank": meta.n_bank} | {f"seconds_{k}": v for k, v in summary["seconds"].items()})
+            run.metrics({"n_train_images": summary["n_train_images"], "n_errors": summary["n_errors"],
+                         "n_patches": summary["n_patches"], "n_bank": meta.n_bank}
+                        | {f"seconds_{k}": v for k, v in summary["seconds"].items()})
             run.json_artifact("bank.json", meta.model_dump())
             run.json_artifact("lineage.json", [e.model_dump() for e in meta.lineage])
             run.json_artifact("fit_summary.json", summary)
             bank_uri = join(cfg.bank, meta.version)
-            if sum(s.n_vectors for s in meta.shards) * meta.embed_dim * 4 <= MAX_LOGGED_INDEX_BYTES:
+            if sum(s.n_vectors for s in meta.shards) * meta.patchcore.embed_dim * 4 <= MAX_LOGGED_INDEX_BYTES:
                 for shard in meta.shards:
                     run.file_artifact(shard.file, storage.read_bytes(join(bank_uri, shard.file)), folder="bank")
             summary["mlflow_run_id"] = run.run_id
@@ -331,4 +363,3 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
         summary["tracking_error"] = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         log.error("MLflow logging failed (%s): %s; bank %s is published", tracking_uri, summary["tracking_error"],
                   meta.version)
-    return summary
