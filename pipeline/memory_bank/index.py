@@ -34,6 +34,8 @@ _COUNT = struct.Struct("<Q")  # a vector's length, before its elements
 _SQ_FIELDS = struct.Struct("<iifQQ")  # ScalarQuantizer: qtype, rangestat, rangestat_arg, d, code_size
 _FLAT = (b"IxF2", b"IxFI", b"IxFl")  # IndexFlatL2 / IndexFlatIP / IndexFlat: float32 vectors
 _SCALAR_QUANTIZER = b"IxSQ"
+_OTHER_TYPES = {b"IwFl": "IndexIVFFlat", b"IwPQ": "IndexIVFPQ", b"IwSq": "IndexIVFScalarQuantizer",
+                b"IxPq": "IndexPQ", b"IHNf": "IndexHNSWFlat", b"IxMp": "IndexIDMap", b"IxM2": "IndexIDMap2"}
 
 
 class IndexFileError(ValueError):
@@ -60,7 +62,8 @@ def check_header(data: bytes) -> None:
         raise IndexFileError(f"{len(data)} bytes: too short for a faiss index header")
     fourcc, d, ntotal, _, _, _, metric = _HEADER.unpack_from(data)
     if fourcc not in (*_FLAT, _SCALAR_QUANTIZER):
-        raise IndexFileError(f"index type {fourcc!r}: not a flat or scalar-quantizer faiss index")
+        kind = _OTHER_TYPES.get(fourcc, f"index of type {fourcc.decode('latin-1')!r}")
+        raise IndexFileError(f"a {kind}: only exact flat and scalar-quantizer faiss indexes are read")
     if d <= 0 or ntotal < 0:
         raise IndexFileError(f"header claims dimension {d} and {ntotal} vectors")
     offset = _HEADER.size + (4 if metric > 1 else 0)  # metric_arg follows the header for metrics past L2/IP
