@@ -22,11 +22,11 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     storage = Storage(cfg.storage)
     storage.check_reachable(cfg.output, "output")
     check_tracking(cfg.tracking)  # before anything is read or written: a store that is down fails in seconds
+    layout = RunLayout(cfg.output)
+    _keep_labelled_evaluation(storage, cfg, layout)
     rows = read_rows(storage, cfg.output, columns=None)
     if not rows:
         raise ConfigError(f"output={cfg.output}: no scored rows (scores/*.parquet) under it")
-    layout = RunLayout(cfg.output)
-    _keep_labelled_evaluation(storage, cfg, layout)
     videos_uri = layout.videos
     videos = json.loads(storage.read_bytes(videos_uri)) if storage.exists(videos_uri) else []
     labels = None
