@@ -21,6 +21,7 @@ from pipeline.detectors.base import Detector, ModelRef
 from pipeline.detectors.registry import DETECTORS, load_attr
 from pipeline.errors import ConfigError, RunIncomplete, StorageError
 from pipeline.evaluation.segments import summarize_videos
+from pipeline.features.preprocess import describe_inspected
 from pipeline.io.batches import Decoded, Failed, iter_batches
 from pipeline.io.prefetch import prefetched, to_device
 from pipeline.io.sources import (
@@ -43,7 +44,7 @@ from pipeline.runtime import (
     setup_worker_threads,
     start_error_line,
 )
-from pipeline.tracking import check_tracking, flatten, start_run
+from pipeline.tracking import check_tracking, flatten, random_weights_tags, start_run
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,6 @@ class ScoreWorker:
 
     def __init__(self, cfg: ScoreConfig, run_id: str, model: ModelRef):
         self.cfg, self.run_id = cfg, run_id
-        self.layout = RunLayout.of(cfg.output, run_id)
         self.storage = Storage(cfg.storage)
         self.device = setup_worker_threads(cfg.runtime)
         self.threads = decode_threads(cfg.runtime)
@@ -82,6 +82,10 @@ class ScoreWorker:
 
     def ready(self) -> str:
         return self.detector.version
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout.of(self.cfg.output, self.run_id)
 
     def score_unit(self, unit: WorkUnit) -> dict[str, Any]:
         cfg, det = self.cfg, self.detector
@@ -277,8 +281,11 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     storage.check_writable_folder(cfg.output, "output")
     tracking_uri = check_tracking(cfg.tracking)
     model = resolve_model(storage, cfg)
-    if model.warning:
-        log.warning("%s", model.warning)
+    if model.random_weights:
+        log.warning("%s runs with randomly initialised weights, so its scores mean nothing about real anomalies: %s",
+                    cfg.detector, "; ".join(model.random_weights))
+    log.log(logging.INFO if model.inspected_fraction >= 1 else logging.WARNING, "%s",
+            describe_inspected(model.inspected_fraction))
     run_id = cfg.run_name or "score-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     layout = RunLayout.of(cfg.output, run_id)
     run_uri = layout.root
@@ -323,9 +330,11 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
 
     earlier = _read_json(storage, layout.summary)
     summary = {
-        "run_id": run_id, "output": run_uri, "input": cfg.input, "detector": cfg.detector,
+        "run_id": run_id, "output": run_uri, "input": cfg.input, "input_uri": storage.canonical(cfg.input),
+        "detector": cfg.detector,
         "model_uri": model.uri, "model_version": model.version,
         **{k.replace(".", "_"): v for k, v in model.params.items()},
+        "random_weights": list(model.random_weights), **inspected(model),
         "threshold": cfg.threshold if cfg.threshold is not None else model.threshold,
         "n_units": len(units), "n_units_scored": len(todo), "n_units_skipped_as_complete": len(done),
         "failed_units": failed_units, "failed_units_without_rows": units_without_rows,
@@ -346,6 +355,11 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
                             f"could not be written ({exc}); re-run with --run-name {run_id} to finish") from exc
     _track(cfg, storage, model, summary, videos, tracking_uri, scored_anything=bool(todo))
     return summary
+
+
+def inspected(model: ModelRef) -> dict[str, float]:
+    """The part of each image the model scores, as recorded in the summary and MLflow."""
+    return {"inspected_fraction": model.inspected_fraction, "inspected_area_fraction": model.inspected_fraction ** 2}
 
 
 def _write_video_summary(storage: Storage, cfg: ScoreConfig, listing: Listing, summary: dict[str, Any]
@@ -375,8 +389,9 @@ def _track(cfg: ScoreConfig, storage: Storage, model: ModelRef, summary: dict[st
     try:
         with start_run(cfg.tracking, summary["run_id"], "score", record and record["mlflow_run_id"]) as run:
             if not record:
-                run.params(flatten(cfg.model_dump()) | model.params | {"run_id": summary["run_id"]})
-                run.tags({"model_uri": model.uri, "output": summary["output"]})
+                run.params(flatten(cfg.model_dump()) | model.params | inspected(model) | {"run_id": summary["run_id"]})
+                run.tags({"model_uri": model.uri, "output": summary["output"]}
+                         | random_weights_tags(list(model.random_weights)))
             run.metrics({"inputs": summary["n_inputs"], "ok": summary["n_ok"], "errors": summary["n_errors"],
                          "anomalous": summary["n_anomalous"], "images_per_s": summary["images_per_s"],
                          "failed_units": len(summary["failed_units"]), "wall_time_s": summary["seconds"]["total"],

@@ -36,6 +36,16 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def random_weights_tags(notes: list[str]) -> dict[str, str]:
+    """Tags saying whether a run's model used random weights: ``random_weights`` (``true``/``false``, to filter
+    runs on) and, when it did, the run's description (``mlflow.note.content``, shown at the top of its page)."""
+    if not notes:
+        return {"random_weights": "false"}
+    return {"random_weights": "true",
+            "mlflow.note.content": "**Random weights: the scores of this run say nothing about real anomalies.**\n\n"
+                                   + "\n".join(f"- {n}" for n in notes)}
+
+
 class Run:
     """An open MLflow run (or a no-op when tracking is disabled)."""
 

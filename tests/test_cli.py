@@ -42,6 +42,10 @@ def test_help_shows_description_default_choices_and_yaml_key(capsys):
     assert "--normal URI" in text and "(required: this flag or --config; YAML: normal)" in text
     assert "(default: 300.0; YAML: runtime.placement_timeout_s)" in text and "--max-restarts N" in text
     assert "CFG:" not in text and "cfg:" not in text
+    # our fits inspect the whole image; the paper's centre crop is one flag away, named in the help
+    crop = text[text.index("--crop-fraction X"):]
+    assert "1 (default): the whole image; 0.875: the paper's and official PatchCore's setting" in crop
+    assert "(default: 1.0; YAML: patchcore.crop_fraction)" in crop
 
 
 def test_every_flag_names_a_described_setting():

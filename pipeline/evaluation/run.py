@@ -13,7 +13,7 @@ from pipeline.evaluation.report import build_report
 from pipeline.evaluation.run_metrics import evaluate, numeric_metrics
 from pipeline.io.storage import Storage
 from pipeline.results import RunLayout, read_rows
-from pipeline.tracking import check_tracking, start_run
+from pipeline.tracking import check_tracking, random_weights_tags, start_run
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -38,9 +38,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         result = evaluate(storage, rows, labels, videos, cfg.max_fpr)
     else:
         result = {"n_rows": len(rows), "warnings": ["no --labels: report only, no metrics"], "errors": []}
-    result = {"output": cfg.output, "labels": cfg.labels} | result
+    summary = json.loads(storage.read_bytes(layout.summary)) if storage.exists(layout.summary) else {}
+    result = {"output": cfg.output, "labels": cfg.labels, "random_weights": summary.get("random_weights")} | result
     report_uri = layout.report
-    report = build_report(storage, cfg.output, rows, videos, result, labels, cfg.top_k).encode()
+    report = build_report(storage, cfg.output, rows, videos, result, labels, cfg.top_k, summary).encode()
     storage.write_bytes(layout.evaluation, json.dumps(result, indent=2).encode())
     storage.write_bytes(report_uri, report)
 
@@ -48,6 +49,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     scoring = json.loads(storage.read_bytes(tracking_uri)) if storage.exists(tracking_uri) else {}
     with start_run(cfg.tracking, "evaluate-" + cfg.output.rstrip("/").rsplit("/", 1)[-1], "evaluate") as run:
         run.params({"output": cfg.output, "labels": cfg.labels, "top_k": cfg.top_k, "max_fpr": cfg.max_fpr})
+        run.tags(random_weights_tags(summary.get("random_weights") or []))
         if scoring.get("mlflow_run_id"):
             run.tags({"scoring_run_id": scoring["mlflow_run_id"]})
         run.metrics(numeric_metrics(result))

@@ -156,6 +156,12 @@ def test_real_run_scored_with_maps(ray_runtime, dataset, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     ev = client.get_run(printed["mlflow_run_id"])
     assert ev.data.tags["scoring_run_id"] == scoring
+    # the bank's random backbone, recorded by jobs.score in summary.json, heads the evaluation run and its report
+    assert ev.data.tags["random_weights"] == "true" and "Random weights" in ev.data.tags["mlflow.note.content"]
+    assert result["random_weights"] == [f"the resnet18 backbone of bank {tmp_path / 'bank' / 'v0001'} "
+                                        f"(patchcore.weights=none)"]
+    report = (tmp_path / "out" / "r" / "evaluation" / "report.html").read_text()
+    assert report.index('id="random-weights"') < report.index('id="summary"')
     assert ev.data.metrics["aupro"] == pytest.approx(result["aupro"])
     assert "evaluation/report.html" in [a.path for a in client.list_artifacts(ev.info.run_id, "evaluation")]
 

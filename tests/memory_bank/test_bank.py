@@ -85,7 +85,7 @@ def test_incremental_update_extends_a_bank_with_lineage(ray_runtime, dataset, tm
     assert (first["version"], update["version"], update["parent"]) == ("v0001", "v0002", "v0001")
     meta = load_metadata(STORAGE, f"{bank}/v0002")
     assert meta.patchcore.image_size == 64  # feature settings come from the parent, not the flags
-    assert meta.n_images == 12 + 4 and meta.n_patches == (12 + 4) * 7 * 7  # 64 px, centre crop 56, stride 8
+    assert meta.n_images == 12 + 4 and meta.n_patches == (12 + 4) * 8 * 8  # 64 px, whole image, stride 8
     assert meta.n_bank == round(0.1 * meta.n_patches + 0.5)
     assert [e.version for e in meta.lineage] == ["v0001", "v0002"]
     assert meta.lineage[1].normal_uri.endswith("test/good")

@@ -42,7 +42,7 @@ from pipeline.features.patch_embedding import PatchEmbedder
 from pipeline.features.preprocess import Preprocess, gaussian_blur
 from pipeline.io.storage import Storage
 from pipeline.memory_bank.bank import BankMetadata, load_index, load_metadata, resolve_bank_uri
-from pipeline.memory_bank.knn import NearestNeighbours, build_knn, resolve_engine
+from pipeline.memory_bank.knn import NearestNeighbours, build_knn, resolve_knn_engine
 
 
 def build_embedder(settings: PatchCoreSettings, storage: Storage, device: str = "cpu",
@@ -66,12 +66,12 @@ def resolve_bank(storage: Storage, cfg: ScoreConfig) -> ModelRef:
     storage.check_reachable(cfg.bank, "bank")
     uri = resolve_bank_uri(storage, cfg.bank, cfg.bank_version)
     meta = load_metadata(storage, uri)
-    warning = (f"the bank {uri} was fitted on a randomly initialised backbone (patchcore.weights=none): "
-               "its scores mean nothing about real anomalies") if meta.patchcore.weights == "none" else None
+    pc = meta.patchcore
+    random = (f"the {pc.backbone} backbone of bank {uri} (patchcore.weights=none)",) if pc.weights == "none" else ()
     return ModelRef(uri, f"{meta.version}:{meta.fingerprint[:19]}", meta.threshold,
-                    {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint,
-                     "bank.weights": meta.patchcore.weights},
-                    meta.model_dump_json(indent=2).encode(), metadata_name="bank.json", warning=warning)
+                    {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint, "bank.weights": pc.weights},
+                    meta.model_dump_json(indent=2).encode(), metadata_name="bank.json", random_weights=random,
+                    inspected_fraction=preprocess_of(pc).inspected_fraction)
 
 
 def load_for_score(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> PatchCoreDetector:
@@ -107,7 +107,7 @@ class PatchCoreDetector:
                 f"bank {uri}: backbone weights {meta.patchcore.weights} now have fingerprint {weights_fingerprint}, "
                 f"the bank was built with {meta.weights_fingerprint}"
             )
-        use_faiss_gpu = resolve_engine(engine, device) == "faiss" and device.startswith("cuda")
+        use_faiss_gpu = resolve_knn_engine(engine, device) == "faiss" and device.startswith("cuda")
         index = load_index(storage, uri, meta, use_gpu=use_faiss_gpu)
         return cls(embedder, build_knn(index, engine, device, precision), meta, device)
 

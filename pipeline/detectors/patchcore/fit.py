@@ -24,7 +24,9 @@ import torch
 
 from pipeline.config import FitConfig
 from pipeline.detectors.patchcore import PatchCoreDetector, build_embedder, preprocess_of
+from pipeline.detectors.patchcore.settings import PatchCoreSettings
 from pipeline.errors import ConfigError, RunIncomplete, SetupError
+from pipeline.features.preprocess import describe_inspected
 from pipeline.io.batches import iter_batches
 from pipeline.io.prefetch import prefetched, to_device
 from pipeline.io.sources import Listing, WorkUnit, list_inputs, plan_units, plan_video_units, stable_hash
@@ -40,7 +42,7 @@ from pipeline.memory_bank.bank import (
     publish_bank,
     resolve_bank_uri,
 )
-from pipeline.memory_bank.coreset import random_projection
+from pipeline.memory_bank.coreset import CoresetMode, coreset_size, make_projection
 from pipeline.memory_bank.index import ShardedIndex
 from pipeline.memory_bank.knn import build_knn
 from pipeline.memory_bank.merge import merge_tree, reduce_rows, select_coreset
@@ -53,7 +55,7 @@ from pipeline.runtime import (
     setup_worker_threads,
     start_error_line,
 )
-from pipeline.tracking import check_tracking, flatten, start_run
+from pipeline.tracking import check_tracking, flatten, random_weights_tags, start_run
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +63,17 @@ MAX_LOGGED_INDEX_BYTES = 256 * 1024 * 1024
 RELIABLE_CALIBRATION_IMAGES = 20  # below this many held-out images the calibrated threshold is a rough guess
 
 
-def local_budget(n: int, ratio: float, n_shards: int, oversample: float) -> int:
-    """Round-1 budget of a shard with ``n`` patches: its share of k, times ``min(S, oversample)``."""
-    return min(n, math.ceil(ratio * n * min(float(n_shards), oversample)))
+def local_budget(n: int, ratio: float, n_shards: int, oversample: float, mode: CoresetMode = "exact") -> int:
+    """Round-1 budget of a shard with ``n`` patches: its share of k, times ``min(S, oversample)`` (one shard:
+    exactly the coreset size of ``mode``)."""
+    return coreset_size(n, ratio * min(float(n_shards), oversample), mode)
+
+
+def bn_shift_input(settings: PatchCoreSettings) -> tuple[int, int] | None:
+    """``(H, W)`` of the official BatchNorm-shift probe (the model's input: the crop), or None for the clean
+    backbone (``patchcore.bn_shift``)."""
+    side = preprocess_of(settings).input_size
+    return (side, side) if settings.bn_shift == "official" else None
 
 
 class FitWorker:
@@ -74,9 +84,9 @@ class FitWorker:
         self.storage = Storage(cfg.storage)
         self.device = setup_worker_threads(cfg.runtime)
         self.threads = decode_threads(cfg.runtime)
-        self.embedder, self.weights_fingerprint = build_embedder(cfg.patchcore, self.storage, self.device)
         pc = cfg.patchcore
-        self.projection = random_projection(pc.embed_dim, pc.coreset_projection_dim, pc.seed)
+        self.embedder, self.weights_fingerprint = build_embedder(pc, self.storage, self.device, bn_shift_input(pc))
+        self.projection = make_projection(pc.embed_dim, pc.coreset_projection_dim, pc.seed, pc.coreset_mode)
 
     def ready(self) -> str:
         return self.weights_fingerprint
@@ -100,8 +110,9 @@ class FitWorker:
         features = torch.cat(chunks)
         del chunks
         start = time.perf_counter()
-        budget = local_budget(len(features), pc.coreset_ratio, n_shards, pc.local_oversample)
-        keep = select_coreset(features, budget, self.projection, pc.seed, pc.coreset_engine, pc.coreset_dtype)
+        budget = local_budget(len(features), pc.coreset_ratio, n_shards, pc.local_oversample, pc.coreset_mode)
+        keep = select_coreset(features, budget, self.projection, pc.seed, pc.coreset_engine, pc.coreset_dtype,
+                              pc.coreset_mode)
         return {"features": features[keep].float().cpu().numpy(), "n_images": n_images,
                 "n_patches": len(features), "errors": errors, "grid": grid, "features_s": features_s,
                 "coreset_s": time.perf_counter() - start}
@@ -110,7 +121,7 @@ class FitWorker:
         """One merge step on this worker's device: the ``budget`` rows of ``vectors`` a coreset keeps."""
         pc = self.cfg.patchcore
         return reduce_rows(vectors, budget, pc.embed_dim, pc.coreset_projection_dim, pc.seed, pc.coreset_engine,
-                           pc.coreset_dtype)
+                           pc.coreset_dtype, pc.coreset_mode)
 
     def calibration_scores(self, units: list[WorkUnit], vectors: np.ndarray, meta: BankMetadata) -> list[float]:
         index = ShardedIndex([bank_index.build_index(vectors, meta.patchcore.index_dtype)])
@@ -128,7 +139,7 @@ def _merge_runner(cfg: FitConfig, pool: WorkerPool):
     """How merge steps run: on the fit workers (which hold the GPUs, if any) when they have GPUs or
     a round has several chunks to reduce in parallel; a single CPU step runs here on the driver."""
     pc = cfg.patchcore
-    args = (pc.embed_dim, pc.coreset_projection_dim, pc.seed, pc.coreset_engine, pc.coreset_dtype)
+    args = (pc.embed_dim, pc.coreset_projection_dim, pc.seed, pc.coreset_engine, pc.coreset_dtype, pc.coreset_mode)
 
     def run(jobs: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
         if cfg.runtime.num_gpus_per_worker == 0 and len(jobs) == 1:
@@ -156,7 +167,7 @@ def split_calibration(listing: Listing, fraction: float) -> tuple[Listing, list[
 
 FEATURE_SETTINGS = ("backbone", "weights", "seed", "layers", "image_size", "crop_fraction", "interpolation",
                     "pretrain_embed_dim", "embed_dim", "patchsize", "precision", "coreset_ratio",
-                    "coreset_projection_dim")
+                    "coreset_projection_dim", "coreset_mode")
 
 
 def _parent(storage: Storage, cfg: FitConfig) -> tuple[FitConfig, BankMetadata | None, np.ndarray | None]:
@@ -166,9 +177,10 @@ def _parent(storage: Storage, cfg: FitConfig) -> tuple[FitConfig, BankMetadata |
     uri = resolve_bank_uri(storage, cfg.bank, cfg.update_from)
     parent = load_metadata(storage, uri)
     if parent.bn_shift_input is not None:
-        raise ConfigError(f"update_from={parent.version}: that bank was imported from the official code, whose "
-                          f"features come from a backbone with shifted BatchNorm statistics; our fits use the clean "
-                          f"backbone, so its vectors cannot be extended: fit a new bank instead")
+        raise ConfigError(f"update_from={parent.version}: that bank was imported from the official code or fitted "
+                          f"with bn_shift official, whose features come from a backbone with shifted BatchNorm "
+                          f"statistics; updates fit on the clean backbone, so its vectors cannot be extended: fit a "
+                          f"new bank instead")
     vectors = load_index(storage, uri, parent).all_vectors()
     inherited = {k: getattr(parent.patchcore, k) for k in FEATURE_SETTINGS}
     cfg = cfg.model_copy(update={"patchcore": cfg.patchcore.model_copy(update=inherited)})
@@ -202,6 +214,9 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     cfg, parent, parent_vectors = _parent(storage, cfg)
     pc = cfg.patchcore
     _check_weights(storage, pc.backbone, pc.weights)
+    fraction = preprocess_of(pc).inspected_fraction
+    log.log(logging.INFO if fraction >= 1 else logging.WARNING, "patchcore.crop_fraction=%s: %s", pc.crop_fraction,
+            describe_inspected(fraction))
     listing = list_inputs(storage, cfg.normal, exclude=(cfg.bank,))
     if not listing.images and not listing.tars and not listing.videos:
         raise ConfigError(f"normal={cfg.normal}: no images, .tar shards or videos found")
@@ -261,7 +276,7 @@ def _merge(cfg: FitConfig, pool: WorkerPool, shards: Round1, parent: BankMetadat
     total_patches = shards.n_patches + (parent.n_patches if parent else 0)
     parts = ([parent_vectors] if parent is not None else []) + shards.coresets
     shards.coresets = []  # the merge tree owns them now
-    k = min(sum(len(p) for p in parts), math.ceil(pc.coreset_ratio * total_patches))
+    k = min(sum(len(p) for p in parts), coreset_size(total_patches, pc.coreset_ratio, pc.coreset_mode))
     return merge_tree(parts, k, pc.merge_max_vectors, pc.local_oversample, _merge_runner(cfg, pool))
 
 
@@ -289,7 +304,7 @@ def _metadata(cfg: FitConfig, listing: Listing, shards: Round1, n_shards: int, u
     return BankMetadata(
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), normal_uri=cfg.normal,
         parent=parent.version if parent else None, lineage=lineage, patchcore=cfg.patchcore,
-        weights_fingerprint=weights_fingerprint, grid=shards.grid,
+        weights_fingerprint=weights_fingerprint, grid=shards.grid, bn_shift_input=bn_shift_input(cfg.patchcore),
         patch_distance=parent.patch_distance if parent else "squared",
         n_images=shards.n_images + (parent.n_images if parent else 0), n_errors=len(shards.errors),
         n_patches=shards.n_patches + (parent.n_patches if parent else 0),
@@ -324,12 +339,16 @@ def _fit_on_pool(cfg: FitConfig, storage: Storage, pool: WorkerPool, listing: Li
     seconds["worker_features_sum"] = sum(f for f, _ in shards.worker_s)
     seconds["worker_coreset_sum"] = sum(c for _, c in shards.worker_s)
     seconds["total"] = time.perf_counter() - t0
+    pc = cfg.patchcore
+    fraction = preprocess_of(pc).inspected_fraction
     summary = {
         "bank": cfg.bank, "version": meta.version, "parent": meta.parent, "fingerprint": meta.fingerprint,
         "n_inputs": len(listing.images) + len(listing.tars) + len(listing.videos), "n_train_images": shards.n_images,
         "n_calibration_images": len(calibration), "n_errors": len(shards.errors), "n_patches": shards.n_patches,
         "n_bank": meta.n_bank, "n_index_shards": len(meta.shards), "n_feature_shards": len(units),
         "threshold": meta.threshold,
+        "random_weights": [f"the {pc.backbone} backbone (patchcore.weights=none)"] if pc.weights == "none" else [],
+        "inspected_fraction": fraction, "inspected_area_fraction": fraction ** 2,
         "errors": [{"source_uri": s, "member": m, "error": e} for s, m, e in shards.errors],
         "coreset_merge_rounds": merge_rounds, "seconds": seconds,
     }
@@ -343,9 +362,10 @@ def _track(cfg: FitConfig, storage: Storage, meta: BankMetadata, summary: dict[s
     try:
         with start_run(cfg.tracking, f"fit-{meta.version}", "fit") as run:
             run.params(flatten(cfg.model_dump()) | {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint,
-                                                   "bank.parent": meta.parent})
+                                                   "bank.parent": meta.parent}
+                       | {k: summary[k] for k in ("inspected_fraction", "inspected_area_fraction")})
             run.tags({"bank_uri": cfg.bank, "bank_version": meta.version, "bank_parent": meta.parent or "",
-                      "normal_uri": cfg.normal})
+                      "normal_uri": cfg.normal} | random_weights_tags(summary["random_weights"]))
             run.metrics({"n_train_images": summary["n_train_images"], "n_errors": summary["n_errors"],
                          "n_patches": summary["n_patches"], "n_bank": meta.n_bank}
                         | {f"seconds_{k}": v for k, v in summary["seconds"].items()})

@@ -73,6 +73,7 @@ def test_image_variant_trains_and_scores_images(ray_runtime, dataset, tmp_path):
     rows = read_rows(Storage(StorageSettings()), scored["output"], columns=None)
     assert len(rows) == 8 and all(r["status"] == "ok" and np.isfinite(r["score"]) for r in rows)
     assert all(r["heatmap_uri"] for r in rows)
+    assert scored["random_weights"] == ["DMAD's frozen resnet18 image encoder (dmad.weights=none)"]
 
 
 def test_shanghai_layout_trains_one_background_per_scene_and_scores_by_file_name(ray_runtime, tmp_path):

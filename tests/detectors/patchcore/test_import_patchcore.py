@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import StorageSettings
-from pipeline.detectors.patchcore import PatchCoreDetector
+from pipeline.config import ScoreConfig, StorageSettings
+from pipeline.detectors.patchcore import PatchCoreDetector, resolve_bank
 from pipeline.detectors.patchcore.importer import ImportRefused, convert
 from pipeline.io.storage import Storage
 from tests.helpers.official import released_folder
@@ -68,6 +68,10 @@ def test_released_wideresnet50_gets_the_papers_torchvision_weights(tmp_path):
     assert meta["grid"] == [28, 28] and meta["patchsize"] == 5 and meta["patch_distance"] == "squared"
     assert (meta["image_size"], meta["crop_fraction"], meta["interpolation"]) == (256, 0.875, "bilinear")
     assert meta["bn_shift_input"] == [224, 224]  # the crop the model sees
+    # an imported bank keeps the release's crop, and a run scoring with it records how much of each image it sees
+    model = resolve_bank(STORAGE, ScoreConfig.model_validate({"input": "/a", "output": "/b",
+                                                               "bank": str(tmp_path / "bank")}))
+    assert model.inspected_fraction == 0.875 and model.random_weights == ()
 
 
 class RunsACommand:
