@@ -27,7 +27,7 @@ LOCK_FLAGS ?=
 UV_COMPILE = $(BIN)/uv pip compile -q --generate-hashes --custom-compile-command "make lock" \
 	--python-version 3.11 --python-platform x86_64-manylinux_2_28 $(LOCK_FLAGS) pyproject.toml requirements/torch.in
 
-.PHONY: setup lock demo test test-multinode lint bench mutation
+.PHONY: setup lock demo test test-slow lint bench mutation
 setup: $(STAMP)
 
 lock:
@@ -40,12 +40,13 @@ lock:
 demo: $(STAMP)
 	$(BIN)/python -m jobs.demo
 
-# The multi-node cluster tests (ray.cluster_utils, several minutes) run as their own step in .ci/run.
+# The multi-node cluster tests (ray.cluster_utils) and the slow memory case take minutes: .ci/run runs them as
+# their own step (make test-slow).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not multinode" tests
+	$(BIN)/python -m pytest -q -m "not multinode and not slow" tests
 
-test-multinode: $(STAMP)
-	$(BIN)/python -m pytest -q -s -m multinode tests/runtime
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m "multinode or slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -31,6 +31,7 @@ from pipeline.io.sources import (
     list_inputs,
     plan_units,
     plan_video_units,
+    printable_name,
 )
 from pipeline.io.storage import Storage
 from pipeline.progress import Progress
@@ -54,7 +55,11 @@ COUNT_KEYS = ("n_rows", "n_ok", "n_errors", "n_skipped", "n_anomalous", "n_heatm
 
 
 def _row(run_id: str, unit: WorkUnit, detector: str, version: str, **values: Any) -> dict[str, Any]:
+    """One result row; names that are not valid UTF-8 are written with their bytes escaped (lossless)."""
     row = {"run_id": run_id, "unit_id": unit.unit_id, "detector": detector, "model_version": version}
+    for key in ("source_uri", "member"):
+        if values.get(key) is not None:
+            values[key] = printable_name(values[key])
     return row | values
 
 
@@ -112,7 +117,7 @@ class ScoreWorker:
                 amap: np.ndarray | None, latency: float) -> dict[str, Any]:
         cfg, det = self.cfg, self.detector
         heatmap_uri = None
-        key = heatmap_key(item.source_uri, item.member_index, item.frame_index)
+        key = heatmap_key(printable_name(item.source_uri), item.member_index, item.frame_index)
         if amap is not None:
             amap = det.preprocess.uncrop(amap)  # in step with the whole input, not just the scored crop
         policy = cfg.video.heatmaps if unit.video else cfg.heatmaps
@@ -207,10 +212,10 @@ def unit_input_keys(storage: Storage, cfg: ScoreConfig, unit: WorkUnit) -> list[
 
 
 def _failed_unit_rows(storage: Storage, cfg: ScoreConfig, run_id: str, unit: WorkUnit, version: str,
-                      reason: str) -> dict[str, Any]:
+                      reason: str) -> dict[str, Any] | None:
     """A unit whose worker failed for good: every input still gets a row, and no marker, so a re-run
     retries it. If storage itself is down the part cannot be written either; the unit then simply
-    has no part (and still no marker), and the re-run fills it."""
+    has no part (and still no marker), and the re-run fills it: None."""
     rows = [_row(run_id, unit, cfg.detector, version, source_uri=s, member=m, member_index=i, status="error",
                  error=f"unit failed: {reason}") for s, m, i in unit_input_keys(storage, cfg, unit)]
     counts = dict.fromkeys(COUNT_KEYS, 0) | {"n_rows": len(rows), "n_errors": len(rows)}
@@ -218,7 +223,7 @@ def _failed_unit_rows(storage: Storage, cfg: ScoreConfig, run_id: str, unit: Wor
         sink.write_part(storage, RunLayout.of(cfg.output, run_id).part(unit.unit_id), rows)
     except StorageError as exc:
         log.warning("unit %s: could not write its error rows either (%s); a re-run retries it", unit.unit_id, exc)
-        return dict.fromkeys(COUNT_KEYS, 0)
+        return None
     return counts
 
 
@@ -228,7 +233,8 @@ def _open_manifest(storage: Storage, cfg: ScoreConfig, run_id: str, model_uri: s
     if not storage.exists(uri):
         return None
     earlier = json.loads(storage.read_bytes(uri))
-    for key, now in (("model_uri", model_uri), ("input", cfg.input), ("detector", cfg.detector)):
+    input_uri = storage.canonical(cfg.input)  # the same folder from any working directory
+    for key, now in (("model_uri", model_uri), ("input", input_uri), ("detector", cfg.detector)):
         if earlier.get(key) != now:
             raise ConfigError(f"run_name={run_id}: an earlier attempt used {key}={earlier.get(key)!r}, "
                               f"now {now!r}; pick a new --run-name")
@@ -243,13 +249,15 @@ def _read_json(storage: Storage, uri: str) -> dict[str, Any] | None:
 
 
 def _score_units(cfg: ScoreConfig, storage: Storage, run_id: str, model: ModelRef, todo: list[WorkUnit],
-                 totals: dict[str, float], nodes: NodeCounts, local: bool) -> tuple[list[str], float, float]:
-    """Run ``todo`` on the worker pool; add their counts to ``totals`` and ``nodes``. Returns the failed
-    unit ids, start-up and scoring seconds."""
+                 totals: dict[str, float], nodes: NodeCounts, local: bool
+                 ) -> tuple[list[str], list[str], float, float]:
+    """Run ``todo`` on the worker pool; add their counts to ``totals`` and ``nodes``. Returns the failed unit ids,
+    those of them whose error rows could not be written either, start-up and scoring seconds."""
     t0 = time.perf_counter()
     size = fitting_workers(cfg.runtime, min(cfg.runtime.workers, len(todo)), local)
     pool = WorkerPool(ScoreWorker, (cfg, run_id, model), cfg.runtime, size=size)
     failed: list[str] = []
+    without_rows: list[str] = []
     try:
         pool.wait_ready()
         startup_s = time.perf_counter() - t0
@@ -262,13 +270,16 @@ def _score_units(cfg: ScoreConfig, storage: Storage, run_id: str, model: ModelRe
                 log.warning("unit %s failed: %s", unit.unit_id, reason)
                 failed.append(unit.unit_id)
                 counts = _failed_unit_rows(storage, cfg, run_id, unit, model.version, reason)
+                if counts is None:
+                    without_rows.append(unit.unit_id)
+                    counts = dict.fromkeys(COUNT_KEYS, 0)
             else:
                 nodes.add(done.placement, done.started_at, done.seconds, counts["n_rows"])
             for key in COUNT_KEYS:
                 totals[key] += counts[key]
             progress.update(counts["n_rows"], counts["n_errors"])
         progress.finish()
-        return failed, startup_s, time.perf_counter() - t1
+        return failed, without_rows, startup_s, time.perf_counter() - t1
     finally:
         pool.shutdown()
 
@@ -290,14 +301,18 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     run_uri = layout.root
     log.info("run %s: input %s, output %s", run_id, cfg.input, run_uri)
 
-    listing = list_inputs(storage, cfg.input)
+    listing = list_inputs(storage, cfg.input, exclude=(cfg.output,))
+    if listing.left_out:
+        log.info("input listing leaves out %d files under %d output or run/bank folder(s) of this product, e.g. %s: "
+                 "results are never scored as inputs", listing.n_left_out, len(listing.left_out),
+                 printable_name(listing.left_out[0]))
     if not (listing.images or listing.tars or listing.videos or listing.skipped):
         raise ConfigError(f"input={cfg.input}: no files found (nothing to score)")
     n_buckets = _open_manifest(storage, cfg, run_id, model.uri)
     units, n_buckets = plan_units(listing, cfg.images_per_unit, n_buckets)
     units += plan_video_units(storage, listing.videos, cfg.video)
     storage.write_bytes(layout.manifest, json.dumps({
-        "run_id": run_id, "input": cfg.input, "model_uri": model.uri, "detector": cfg.detector,
+        "run_id": run_id, "input": storage.canonical(cfg.input), "model_uri": model.uri, "detector": cfg.detector,
         "n_buckets": n_buckets, "config": cfg.model_dump(exclude={"storage": {"key", "secret"}}),
     }, indent=2, default=str).encode())
 
@@ -313,10 +328,12 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     totals = dict.fromkeys(COUNT_KEYS, 0)
     nodes = NodeCounts()
     failed_units: list[str] = []
+    units_without_rows: list[str] = []
     scoring_s = startup_s = 0.0
     if todo:
         local = init_ray(cfg.runtime)
-        failed_units, startup_s, scoring_s = _score_units(cfg, storage, run_id, model, todo, totals, nodes, local)
+        failed_units, units_without_rows, startup_s, scoring_s = _score_units(cfg, storage, run_id, model, todo,
+                                                                              totals, nodes, local)
     scored_now = dict(totals)
     for counts in done.values():
         for key in COUNT_KEYS:
@@ -331,7 +348,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
         "random_weights": list(model.random_weights), **inspected(model),
         "threshold": cfg.threshold if cfg.threshold is not None else model.threshold,
         "n_units": len(units), "n_units_scored": len(todo), "n_units_skipped_as_complete": len(done),
-        "failed_units": failed_units,
+        "failed_units": failed_units, "failed_units_without_rows": units_without_rows,
         "n_inputs": totals["n_rows"], "n_ok": totals["n_ok"], "n_errors": totals["n_errors"],
         "n_skipped": totals["n_skipped"], "n_anomalous": totals["n_anomalous"], "n_heatmaps": totals["n_heatmaps"],
         "images_per_s": scored_now["n_rows"] / scoring_s if scoring_s > 0 else 0.0,

@@ -54,6 +54,10 @@ class TrackingSettings(StrictModel):
 class DecodeSettings(StrictModel):
     max_pixels: int = Field(40_000_000, ge=1, description="larger images are refused (decompression bombs)")
     max_file_bytes: int = Field(256 * 1024 * 1024, ge=1, description="larger input files are refused unread")
+    max_decoded_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="decoded RGB bytes (width x height x 3) one worker keeps in its batches; "
+                                             "batches close early to stay under it (one larger image still makes a "
+                                             "batch of its own)")
 
 
 class VideoSettings(StrictModel):

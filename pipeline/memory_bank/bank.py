@@ -94,7 +94,7 @@ def fingerprint(vectors: np.ndarray) -> str:
 
 
 def listing_fingerprint(uris: list[str]) -> str:
-    return "sha256:" + hashlib.sha256("\n".join(sorted(uris)).encode()).hexdigest()
+    return "sha256:" + hashlib.sha256("\n".join(sorted(uris)).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _versions(storage: Storage, root: str) -> list[str]:

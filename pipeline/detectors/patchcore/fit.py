@@ -212,7 +212,7 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     storage = Storage(cfg.storage)
     storage.check_reachable(cfg.normal, "normal")
-    storage.check_reachable(cfg.bank, "bank")
+    storage.check_writable_folder(cfg.bank, "bank")  # a file there would fail the publish, after the whole fit
     tracking_uri = check_tracking(cfg.tracking)
     cfg, parent, parent_vectors = _parent(storage, cfg)
     pc = cfg.patchcore
@@ -220,7 +220,7 @@ def run_fit(cfg: FitConfig) -> dict[str, Any]:
     fraction = preprocess_of(pc).inspected_fraction
     log.log(logging.INFO if fraction >= 1 else logging.WARNING, "patchcore.crop_fraction=%s: %s", pc.crop_fraction,
             describe_inspected(fraction))
-    listing = list_inputs(storage, cfg.normal)
+    listing = list_inputs(storage, cfg.normal, exclude=(cfg.bank,))
     if not listing.images and not listing.tars and not listing.videos:
         raise ConfigError(f"normal={cfg.normal}: no images, .tar shards or videos found")
     train, calibration = split_calibration(listing, pc.calibration_fraction)

@@ -123,7 +123,7 @@ def test_ensembles_and_approximate_indexes_are_refused(tmp_path):
     ivf.train(vectors)
     ivf.add(vectors)
     faiss.write_index(ivf, str(source / "nnscorer_search_index.faiss"))
-    with pytest.raises(ImportRefused, match="IndexIVFFlat; only exact IndexFlatL2"):
+    with pytest.raises(ImportRefused, match="a IndexIVFFlat: only exact flat"):
         convert(source, str(tmp_path / "bank"), STORAGE)
 
 
