@@ -123,11 +123,9 @@ def quality(data: Path, n_images: int, size: int) -> list[str]:
     test = sorted(str(p) for p in (data / "test").rglob("*.png"))
     (test_unit,), _ = plan_units(Listing(test, [], []), len(test))
     labels = np.array(["/defect/" in t for t in test])
-    meta = BankMetadata(created_at="b", normal_uri="b", backbone=pc.backbone, weights="none", weights_fingerprint="",
-                        seed=0, layers=pc.layers, image_size=size,
-                        crop_fraction=pc.crop_fraction, pretrain_embed_dim=pc.pretrain_embed_dim,
-                        embed_dim=pc.embed_dim, grid=grid, coreset_ratio=pc.coreset_ratio,
-                        coreset_projection_dim=pc.coreset_projection_dim, num_neighbors=9, reweight=False, sigma=4,
+    meta = BankMetadata(created_at="b", normal_uri="b", weights_fingerprint="", grid=grid,
+                        patchcore=pc.model_copy(update={"image_size": size, "weights": "none", "seed": 0,
+                                                        "num_neighbors": 9, "reweight": False, "sigma": 4}),
                         n_images=n_images, n_errors=0, n_patches=len(x), n_bank=k, n_shards=1, threshold=None,
                         calibration={}, fingerprint="")
     radius_single = covering_radius(x, x[single])

@@ -39,7 +39,8 @@ def measure(gdino_arch: str, sam_arch: str, backbone: str, saliency_size: int, n
     torch.set_num_threads(2)
     cfg = ScoreConfig.model_validate({"input": "-", "output": "-", "detector": "saa", "saa": {
         "gdino_weights": "none", "sam_weights": "none", "gdino_arch": gdino_arch, "sam_arch": sam_arch,
-        "saliency_backbone": backbone, "saliency_size": saliency_size}})
+        "saliency_backbone": backbone, "saliency_size": saliency_size,
+        **({"gdino_size": 64} if gdino_arch == "tiny-test" else {})}})
     storage = Storage(StorageSettings())
     start = time.perf_counter()
     det = load_for_score(cfg, storage, resolve_saa(storage, cfg), "cpu")
@@ -52,7 +53,7 @@ def measure(gdino_arch: str, sam_arch: str, backbone: str, saliency_size: int, n
     for i in range(0, n_images, batch):
         det.score(images[i:i + batch])
     seconds = time.perf_counter() - start
-    return {"gdino": gdino_arch, "sam": sam_arch, "saliency": backbone, "size": size, "gdino_px": det.gdino_size,
+    return {"gdino": gdino_arch, "sam": sam_arch, "saliency": backbone, "size": size, "gdino_px": cfg.saa.gdino_size,
             "images": n_images, "images_per_s": n_images / seconds, "build_s": build_s,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

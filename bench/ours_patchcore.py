@@ -83,14 +83,8 @@ def main() -> None:
     fit_s = time.perf_counter() - start
     pc = fit_cfg.patchcore
     meta = publish_bank(worker.storage, fit_cfg.bank, shard["features"], BankMetadata(
-        created_at="bench", normal_uri=fit_cfg.normal, backbone=pc.backbone, weights=pc.weights,
-        weights_fingerprint=worker.weights_fingerprint, seed=pc.seed, layers=pc.layers, image_size=size,
-        crop_fraction=pc.crop_fraction, interpolation=pc.interpolation, pretrain_embed_dim=pc.pretrain_embed_dim,
-        embed_dim=pc.embed_dim, grid=shard["grid"], patchsize=pc.patchsize,
-        anomaly_scorer_num_nn=pc.anomaly_scorer_num_nn,
-        coreset_ratio=pc.coreset_ratio, coreset_projection_dim=pc.coreset_projection_dim,
-        num_neighbors=pc.num_neighbors, reweight=pc.reweight, sigma=pc.sigma, precision=pc.precision,
-        n_images=shard["n_images"],
+        created_at="bench", normal_uri=fit_cfg.normal, patchcore=pc.model_copy(update={"image_size": size}),
+        weights_fingerprint=worker.weights_fingerprint, grid=shard["grid"], n_images=shard["n_images"],
         n_errors=0, n_patches=shard["n_patches"], n_bank=len(shard["features"]), n_shards=1, threshold=None,
         calibration={}, fingerprint=fingerprint(shard["features"])), pc.shard_vectors)
 

@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from pipeline.config import dump_config, load_config
-from pipeline.errors import ConfigError, RunIncomplete, SetupError, StorageError
+from pipeline.errors import ClipWeightsError, ConfigError, RunIncomplete, SetupError, StorageError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +184,8 @@ def _fail(code: int, message: str) -> int:
 
 
 def _setup_errors() -> tuple[type[Exception], ...]:
-    """Errors in the user's input or environment. ``WeightsError`` lives beside torch: it can only
-    have been raised if its module was imported, so it is looked up, never imported, here."""
-    backbones = sys.modules.get("pipeline.features.backbones")
-    return (ConfigError, StorageError, SetupError) + ((backbones.WeightsError,) if backbones else ())
+    """Errors in the user's input or environment."""
+    return (ConfigError, StorageError, SetupError, WeightsError, ClipWeightsError)
 
 
 def _rerun(run_name: str | None) -> str:
@@ -195,9 +193,18 @@ def _rerun(run_name: str | None) -> str:
 
 
 def _failed_units_line(summary: dict[str, Any], run_name: str | None) -> str:
+    """What happened to the failed units' inputs: error rows, or (storage gone) no rows yet for some."""
     failed = len(summary["failed_units"])
+    unwritten = len(summary.get("failed_units_without_rows") or [])
     of = f" of {summary['n_units']}" if "n_units" in summary else ""
-    return (f"error: {failed}{of} work units failed (their inputs have error rows and no marker); "
+    if unwritten == failed:
+        what = "their error rows could not be written either, so their inputs have no rows yet"
+    elif unwritten:
+        what = (f"the inputs of {failed - unwritten} have error rows; the error rows of {unwritten} could not be "
+                f"written, so their inputs have no rows yet")
+    else:
+        what = "their inputs have error rows"
+    return (f"error: {failed}{of} work units failed ({what}; none has a completion marker); "
             f"re-run with {_rerun(summary.get('run_id') or run_name)} to retry them")
 
 

@@ -29,6 +29,8 @@ FLAGS = [
     Flag("--index-dtype", "patchcore.index_dtype"),
     Flag("--shard-vectors", "patchcore.shard_vectors"),
     Flag("--coreset-engine", "patchcore.coreset_engine"),
+    Flag("--coreset-mode", "patchcore.coreset_mode"),
+    Flag("--bn-shift", "patchcore.bn_shift"),
     Flag("--merge-max-vectors", "patchcore.merge_max_vectors"),
     Flag("--images-per-shard", "patchcore.images_per_shard"),
 ]

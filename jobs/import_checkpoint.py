@@ -1,7 +1,7 @@
 """Import an authors' released checkpoint: ``python -m jobs.import_checkpoint --format F --source URI --out URI``.
 
 Writes our artifact (a PatchCore bank version, or a checkpoint for ``jobs.score --model``) and logs the
-conversion to MLflow with the source's sha256. See README, "Using the authors' released weights".
+conversion to MLflow with the source's sha256. See docs/weights.md and each detector's README.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def source_sha256(path: Path) -> str:
         return "sha256:" + _sha256_file(path)
     lines = [f"{p.relative_to(path).as_posix()}  {_sha256_file(p)}\n"
              for p in sorted(path.rglob("*")) if p.is_file()]
-    return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
+    return "sha256:" + hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def fetch_source(storage: Storage, uri: str, workdir: Path) -> Path:

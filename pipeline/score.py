@@ -23,6 +23,7 @@ from pipeline.detectors.base import Detector, ModelRef
 from pipeline.detectors.registry import DETECTORS, load_attr
 from pipeline.errors import ConfigError, RunIncomplete, StorageError
 from pipeline.evaluation.segments import summarize_videos
+from pipeline.features.preprocess import describe_inspected
 from pipeline.io.batches import Decoded, Failed, iter_batches
 from pipeline.io.prefetch import prefetched, to_device
 from pipeline.io.sources import (
@@ -32,6 +33,7 @@ from pipeline.io.sources import (
     list_inputs,
     plan_units,
     plan_video_units,
+    printable_name,
 )
 from pipeline.io.storage import Storage
 from pipeline.io.uploads import Uploader
@@ -39,14 +41,17 @@ from pipeline.progress import Progress
 from pipeline.results import RunLayout, heatmap_key, heatmaps, read_rows, sink
 from pipeline.results.table import table_files, write_table
 from pipeline.runtime import (
+    NodeCounts,
     WorkerPool,
     decode_threads,
     fitting_workers,
+    here,
     init_ray,
+    node_metrics,
     setup_worker_threads,
     start_error_line,
 )
-from pipeline.tracking import check_tracking, flatten, start_run
+from pipeline.tracking import check_tracking, flatten, random_weights_tags, start_run
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,11 @@ COUNT_KEYS = ("n_rows", "n_ok", "n_errors", "n_skipped", "n_anomalous", "n_heatm
 
 
 def _row(run_id: str, unit: WorkUnit, detector: str, version: str, **values: Any) -> dict[str, Any]:
+    """One result row; names that are not valid UTF-8 are written with their bytes escaped (lossless)."""
     row = {"run_id": run_id, "unit_id": unit.unit_id, "detector": detector, "model_version": version}
+    for key in ("source_uri", "member"):
+        if values.get(key) is not None:
+            values[key] = printable_name(values[key])
     return row | values
 
 
@@ -78,6 +87,8 @@ class ScoreWorker:
         self.threads = decode_threads(cfg.runtime)
         self.detector = load_detector(cfg, self.storage, model, self.device)
         self.threshold = cfg.threshold if cfg.threshold is not None else self.detector.threshold
+        where = here()
+        self.placement = {"node_id": where.node_id, "worker": where.worker}  # written into every row
 
     @property
     def layout(self) -> RunLayout:
@@ -120,7 +131,7 @@ class ScoreWorker:
         rows, overlays = [], []
         for item, score, amap, latency in zip(items, scores, maps, latencies, strict=True):
             anomalous = None if self.threshold is None else score > self.threshold
-            key = heatmap_key(item.source_uri, item.member_index, item.frame_index)
+            key = heatmap_key(printable_name(item.source_uri), item.member_index, item.frame_index)
             heatmap_uri = map_uri = None
             if amap is not None:
                 amap = det.preprocess.uncrop(amap)  # in step with the whole input, not just the scored crop
@@ -194,6 +205,7 @@ class ScoreWorker:
                     error=failed.error, threshold=self.threshold)
 
     def _finish(self, unit: WorkUnit, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        rows = [row | self.placement for row in rows]
         counts = dict.fromkeys(COUNT_KEYS, 0)
         counts["n_rows"] = len(rows)
         counts["n_ok"] = sum(r["status"] == "ok" for r in rows)
@@ -222,10 +234,10 @@ def unit_input_keys(storage: Storage, cfg: ScoreConfig, unit: WorkUnit) -> list[
 
 
 def _failed_unit_rows(storage: Storage, cfg: ScoreConfig, run_id: str, unit: WorkUnit, version: str,
-                      reason: str) -> dict[str, Any]:
+                      reason: str) -> dict[str, Any] | None:
     """A unit whose worker failed for good: every input still gets a row, and no marker, so a re-run
     retries it. If storage itself is down the part cannot be written either; the unit then simply
-    has no part (and still no marker), and the re-run fills it."""
+    has no part (and still no marker), and the re-run fills it: None."""
     rows = [_row(run_id, unit, cfg.detector, version, source_uri=s, member=m, member_index=i, status="error",
                  error=f"unit failed: {reason}") for s, m, i in unit_input_keys(storage, cfg, unit)]
     counts = dict.fromkeys(COUNT_KEYS, 0) | {"n_rows": len(rows), "n_errors": len(rows)}
@@ -233,7 +245,7 @@ def _failed_unit_rows(storage: Storage, cfg: ScoreConfig, run_id: str, unit: Wor
         sink.write_part(storage, RunLayout.of(cfg.output, run_id).part(unit.unit_id), rows)
     except StorageError as exc:
         log.warning("unit %s: could not write its error rows either (%s); a re-run retries it", unit.unit_id, exc)
-        return dict.fromkeys(COUNT_KEYS, 0)
+        return None
     return counts
 
 
@@ -243,7 +255,8 @@ def _open_manifest(storage: Storage, cfg: ScoreConfig, run_id: str, model_uri: s
     if not storage.exists(uri):
         return None
     earlier = json.loads(storage.read_bytes(uri))
-    for key, now in (("model_uri", model_uri), ("input", cfg.input), ("detector", cfg.detector)):
+    input_uri = storage.canonical(cfg.input)  # the same folder from any working directory
+    for key, now in (("model_uri", model_uri), ("input", input_uri), ("detector", cfg.detector)):
         if earlier.get(key) != now:
             raise ConfigError(f"run_name={run_id}: an earlier attempt used {key}={earlier.get(key)!r}, "
                               f"now {now!r}; pick a new --run-name")
@@ -261,14 +274,18 @@ def plan_run(storage: Storage, cfg: ScoreConfig, run_id: str, model_uri: str
              ) -> tuple[Listing, list[WorkUnit], dict[str, dict[str, Any]]]:
     """The driver's planning: list the input, cut it into units, record the run's manifest, and find
     the units an earlier attempt completed (their counts by unit id)."""
-    listing = list_inputs(storage, cfg.input)
+    listing = list_inputs(storage, cfg.input, exclude=(cfg.output,))
+    if listing.left_out:
+        log.info("input listing leaves out %d files under %d output or run/bank folder(s) of this product, e.g. %s: "
+                 "results are never scored as inputs", listing.n_left_out, len(listing.left_out),
+                 printable_name(listing.left_out[0]))
     if not (listing.images or listing.tars or listing.videos or listing.skipped):
         raise ConfigError(f"input={cfg.input}: no files found (nothing to score)")
     n_buckets = _open_manifest(storage, cfg, run_id, model_uri)
     units, n_buckets = plan_units(listing, cfg.images_per_unit, n_buckets)
     units += plan_video_units(storage, listing.videos, cfg.video)
     storage.write_bytes(RunLayout.of(cfg.output, run_id).manifest, json.dumps({
-        "run_id": run_id, "input": cfg.input, "model_uri": model_uri, "detector": cfg.detector,
+        "run_id": run_id, "input": storage.canonical(cfg.input), "model_uri": model_uri, "detector": cfg.detector,
         "n_buckets": n_buckets, "config": cfg.model_dump(exclude={"storage": {"key", "secret"}}),
     }, indent=2, default=str).encode())
 
@@ -277,29 +294,37 @@ def plan_run(storage: Storage, cfg: ScoreConfig, run_id: str, model_uri: str
 
 
 def _score_units(cfg: ScoreConfig, storage: Storage, run_id: str, model: ModelRef, todo: list[WorkUnit],
-                 totals: dict[str, float], local: bool) -> tuple[list[str], float, float]:
-    """Run ``todo`` on the worker pool; add their counts to ``totals``. Returns the failed unit ids,
-    start-up and scoring seconds."""
+                 totals: dict[str, float], nodes: NodeCounts, local: bool
+                 ) -> tuple[list[str], list[str], float, float]:
+    """Run ``todo`` on the worker pool; add their counts to ``totals`` and ``nodes``. Returns the failed unit ids,
+    those of them whose error rows could not be written either, start-up and scoring seconds."""
     t0 = time.perf_counter()
     size = fitting_workers(cfg.runtime, min(cfg.runtime.workers, len(todo)), local)
     pool = WorkerPool(ScoreWorker, (cfg, run_id, model), cfg.runtime, size=size)
     failed: list[str] = []
+    without_rows: list[str] = []
     try:
         pool.wait_ready()
         startup_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         progress = Progress(f"score {run_id}", len(todo), "inputs")
-        for unit, counts, exc in pool.map("score_unit", todo):
+        for done in pool.map("score_unit", todo):
+            unit, counts, exc = done.unit, done.result, done.error
             if exc is not None:
                 reason = start_error_line(exc) if not isinstance(exc, TimeoutError) else str(exc)
                 log.warning("unit %s failed: %s", unit.unit_id, reason)
                 failed.append(unit.unit_id)
                 counts = _failed_unit_rows(storage, cfg, run_id, unit, model.version, reason)
+                if counts is None:
+                    without_rows.append(unit.unit_id)
+                    counts = dict.fromkeys(COUNT_KEYS, 0)
+            else:
+                nodes.add(done.placement, done.started_at, done.seconds, counts["n_rows"])
             for key in COUNT_KEYS:
                 totals[key] += counts[key]
             progress.update(counts["n_rows"], counts["n_errors"])
         progress.finish()
-        return failed, startup_s, time.perf_counter() - t1
+        return failed, without_rows, startup_s, time.perf_counter() - t1
     finally:
         pool.shutdown()
 
@@ -311,8 +336,11 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     storage.check_writable_folder(cfg.output, "output")
     tracking_uri = check_tracking(cfg.tracking)
     model = resolve_model(storage, cfg)
-    if model.warning:
-        log.warning("%s", model.warning)
+    if model.random_weights:
+        log.warning("%s runs with randomly initialised weights, so its scores mean nothing about real anomalies: %s",
+                    cfg.detector, "; ".join(model.random_weights))
+    log.log(logging.INFO if model.inspected_fraction >= 1 else logging.WARNING, "%s",
+            describe_inspected(model.inspected_fraction))
     run_id = cfg.run_name or "score-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     layout = RunLayout.of(cfg.output, run_id)
     run_uri = layout.root
@@ -324,11 +352,14 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
 
     listing_s = time.perf_counter() - t0
     totals = dict.fromkeys(COUNT_KEYS, 0)
+    nodes = NodeCounts()
     failed_units: list[str] = []
+    units_without_rows: list[str] = []
     scoring_s = startup_s = 0.0
     if todo:
         local = init_ray(cfg.runtime)
-        failed_units, startup_s, scoring_s = _score_units(cfg, storage, run_id, model, todo, totals, local)
+        failed_units, units_without_rows, startup_s, scoring_s = _score_units(cfg, storage, run_id, model, todo,
+                                                                              totals, nodes, local)
     table_s = 0.0
     if not failed_units and (todo or table_files(storage, layout) is None):
         t_table = time.perf_counter()
@@ -345,12 +376,14 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
 
     earlier = _read_json(storage, layout.summary)
     summary = {
-        "run_id": run_id, "output": run_uri, "input": cfg.input, "detector": cfg.detector,
+        "run_id": run_id, "output": run_uri, "input": cfg.input, "input_uri": storage.canonical(cfg.input),
+        "detector": cfg.detector,
         "model_uri": model.uri, "model_version": model.version,
         **{k.replace(".", "_"): v for k, v in model.params.items()},
+        "random_weights": list(model.random_weights), **inspected(model),
         "threshold": cfg.threshold if cfg.threshold is not None else model.threshold,
         "n_units": len(units), "n_units_scored": len(todo), "n_units_skipped_as_complete": len(done),
-        "failed_units": failed_units,
+        "failed_units": failed_units, "failed_units_without_rows": units_without_rows,
         "n_inputs": totals["n_rows"], "n_ok": totals["n_ok"], "n_errors": totals["n_errors"],
         "n_skipped": totals["n_skipped"], "n_anomalous": totals["n_anomalous"], "n_heatmaps": totals["n_heatmaps"],
         "images_per_s": scored_now["n_rows"] / scoring_s if scoring_s > 0 else 0.0,
@@ -358,6 +391,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
         "seconds": {"listing": listing_s, "startup": startup_s, "scoring": scoring_s, "table": table_s,
                     "total": time.perf_counter() - t0},
         "attempts": (earlier or {}).get("attempts", 0) + 1,
+        "nodes": nodes.as_dict(),  # this attempt's units, rows and seconds per Ray node
     }
     if not todo and earlier:  # nothing scored now: the figures of the attempt that did the work stand
         summary["images_per_s"], summary["seconds"] = earlier.get("images_per_s", 0.0), earlier.get("seconds", {})
@@ -369,6 +403,11 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
                             f"could not be written ({exc}); re-run with --run-name {run_id} to finish") from exc
     _track(cfg, storage, model, summary, videos, tracking_uri, scored_anything=bool(todo))
     return summary
+
+
+def inspected(model: ModelRef) -> dict[str, float]:
+    """The part of each image the model scores, as recorded in the summary and MLflow."""
+    return {"inspected_fraction": model.inspected_fraction, "inspected_area_fraction": model.inspected_fraction ** 2}
 
 
 def _write_video_summary(storage: Storage, cfg: ScoreConfig, listing: Listing, summary: dict[str, Any]
@@ -398,12 +437,14 @@ def _track(cfg: ScoreConfig, storage: Storage, model: ModelRef, summary: dict[st
     try:
         with start_run(cfg.tracking, summary["run_id"], "score", record and record["mlflow_run_id"]) as run:
             if not record:
-                run.params(flatten(cfg.model_dump()) | model.params | {"run_id": summary["run_id"]})
-                run.tags({"model_uri": model.uri, "output": summary["output"]})
+                run.params(flatten(cfg.model_dump()) | model.params | inspected(model) | {"run_id": summary["run_id"]})
+                run.tags({"model_uri": model.uri, "output": summary["output"]}
+                         | random_weights_tags(list(model.random_weights)))
             run.metrics({"inputs": summary["n_inputs"], "ok": summary["n_ok"], "errors": summary["n_errors"],
                          "anomalous": summary["n_anomalous"], "images_per_s": summary["images_per_s"],
                          "failed_units": len(summary["failed_units"]), "wall_time_s": summary["seconds"]["total"],
-                         "scoring_s": summary["seconds"]["scoring"], "startup_s": summary["seconds"]["startup"]})
+                         "scoring_s": summary["seconds"]["scoring"], "startup_s": summary["seconds"]["startup"]}
+                        | node_metrics(summary["nodes"]))
             run.json_artifact("summary.json", summary)
             if videos:
                 run.json_artifact("videos.json", videos)

@@ -1,5 +1,8 @@
 """MLflow: the only module that imports mlflow. Params, metrics, artifacts and lineage tags.
 
+Every run records what ran (:func:`run_versions`): the releases of the packages that decide the scores,
+this project's version and its git commit when known, as ``version.*`` and ``git_commit`` params.
+
 The store is checked before any work (:func:`check_tracking`), and HTTP retries are bounded
 (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``/``_TIMEOUT`` default to 2 and 20 s here instead of MLflow's
 7 and 120 s), so a store that goes away during a long run costs about a minute at the end,
@@ -11,15 +14,70 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import TrackingSettings
 from pipeline.errors import SetupError
 
 MAX_PARAM_CHARS = 6000
+# param name -> the distributions that provide it (the first one installed counts): faiss is faiss-cpu on
+# CPU images and faiss-gpu-cu12 on GPU images
+VERSIONED_PACKAGES = {
+    "version.anomaly_pipeline": ("anomaly-pipeline",),
+    "version.torch": ("torch",),
+    "version.torchvision": ("torchvision",),
+    "version.ray": ("ray",),
+    "version.faiss": ("faiss-cpu", "faiss-gpu-cu12", "faiss-gpu"),
+    "version.open_clip": ("open_clip_torch",),
+    "version.transformers": ("transformers",),
+    "version.numpy": ("numpy",),
+}
+# set by the image build (infra/Dockerfile: --build-arg GIT_COMMIT=...); a checkout is asked directly
+GIT_COMMIT_ENV = "ANOMALY_PIPELINE_GIT_COMMIT"
+
+
+def git_commit() -> str | None:
+    """The commit this code came from: $ANOMALY_PIPELINE_GIT_COMMIT, else the git checkout it runs from
+    (``-dirty`` appended when tracked files have uncommitted changes), else None."""
+    if os.environ.get(GIT_COMMIT_ENV):
+        return os.environ[GIT_COMMIT_ENV]
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        changes = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if changes else "")
+
+
+def run_versions() -> dict[str, str]:
+    """``version.<package>`` for every package of :data:`VERSIONED_PACKAGES` that is installed, and
+    ``git_commit`` when known."""
+    found: dict[str, str] = {}
+    for param, distributions in VERSIONED_PACKAGES.items():
+        for distribution in distributions:
+            try:
+                found[param] = metadata.version(distribution)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    commit = git_commit()
+    if commit:
+        found["git_commit"] = commit
+    return found
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -34,6 +92,16 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def random_weights_tags(notes: list[str]) -> dict[str, str]:
+    """Tags saying whether a run's model used random weights: ``random_weights`` (``true``/``false``, to filter
+    runs on) and, when it did, the run's description (``mlflow.note.content``, shown at the top of its page)."""
+    if not notes:
+        return {"random_weights": "false"}
+    return {"random_weights": "true",
+            "mlflow.note.content": "**Random weights: the scores of this run say nothing about real anomalies.**\n\n"
+                                   + "\n".join(f"- {n}" for n in notes)}
 
 
 class Run:
@@ -121,7 +189,9 @@ def check_tracking(settings: TrackingSettings) -> str | None:
 @contextmanager
 def start_run(settings: TrackingSettings, run_name: str, job: str, resume_run_id: str | None = None
               ) -> Iterator[Run]:
-    """An MLflow run in ``settings.experiment``; ``resume_run_id`` reopens an earlier one."""
+    """An MLflow run in ``settings.experiment``, with :func:`run_versions` as params; ``resume_run_id``
+    reopens an earlier one, where a version that changed since (params cannot change) becomes a
+    ``resumed.<param>`` tag."""
     if not settings.enabled:
         yield Run(None)
         return
@@ -135,4 +205,11 @@ def start_run(settings: TrackingSettings, run_name: str, job: str, resume_run_id
         run = Run(mlflow)
         run.run_id = active.info.run_id
         run.tracking_uri = mlflow.get_tracking_uri()
+        versions = run_versions()
+        if resume_run_id:
+            logged = mlflow.get_run(resume_run_id).data.params
+            run.params({k: v for k, v in versions.items() if k not in logged})
+            run.tags({f"resumed.{k}": v for k, v in versions.items() if k in logged and logged[k] != v})
+        else:
+            run.params(versions)
         yield run

@@ -24,6 +24,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     storage.check_reachable(getattr(cfg, trainer.data), trainer.data)
     storage.check_reachable(cfg.model_out, "model_out")
     check_tracking(cfg.tracking)
+    load_attr(trainer.check)(cfg, storage)
     local = init_ray(cfg.runtime)
     result = load_attr(trainer.run)(cfg, local)
     checkpoint, curve, n_samples = result["checkpoint"], result["curve"], result["n_samples"]

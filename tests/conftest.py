@@ -19,7 +19,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 def ray_runtime():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

@@ -1,5 +1,6 @@
 """The job command lines: generated help, --print-config, validation before torch, exit codes."""
 
+import os
 import subprocess
 import sys
 import time
@@ -41,6 +42,10 @@ def test_help_shows_description_default_choices_and_yaml_key(capsys):
     assert "--normal URI" in text and "(required: this flag or --config; YAML: normal)" in text
     assert "(default: 300.0; YAML: runtime.placement_timeout_s)" in text and "--max-restarts N" in text
     assert "CFG:" not in text and "cfg:" not in text
+    # our fits inspect the whole image; the paper's centre crop is one flag away, named in the help
+    crop = text[text.index("--crop-fraction X"):]
+    assert "1 (default): the whole image; 0.875: the paper's and official PatchCore's setting" in crop
+    assert "(default: 1.0; YAML: patchcore.crop_fraction)" in crop
 
 
 def test_every_flag_names_a_described_setting():
@@ -116,11 +121,59 @@ def test_alias_bomb_in_config_fails_fast_with_one_short_line(tmp_path, capsys):
     assert len(line) < 300 and "anchors and aliases" in line and "line 1" in line
 
 
+
+@pytest.mark.parametrize("case", ["deep", "duplicate"])
+def test_deep_or_duplicated_yaml_is_one_line_and_exit_2(tmp_path, case):
+    """Issue 21: 330 nested brackets (1 KB) gave a 3,000-line RecursionError traceback; a second ``input:``
+    was silently taken. Both are one line naming the line of the file, exit 2, before any work."""
+    from tests.helpers.hostile_corpus import YAML_DEPTH, deep_yaml, duplicate_key_yaml
+
+    path = deep_yaml(tmp_path / "deep.yaml") if case == "deep" else duplicate_key_yaml(tmp_path / "dup.yaml")
+    argv = ["--output", str(tmp_path / "out")] + (["--bank", "/b"] if case == "deep" else [])
+    proc = _python("-m", "jobs.score", "--config", str(path), *argv)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.splitlines()
+    assert "Traceback" not in proc.stderr and len(line) < 300, line
+    if case == "deep":
+        assert path.stat().st_size < 1024 and YAML_DEPTH > 300
+        assert line == f"error: --config {path} line 1: nested more than 64 levels deep"
+    else:
+        assert line == f"error: --config {path} line 4: key 'input' given twice (first on line 1); keep one"
+
+
+
+def test_fit_with_a_file_as_bank_fails_before_any_work(dataset, tmp_path):
+    """Issue 21: it ran the whole fit, then failed on NotADirectoryError (hours of GPU time on a cluster). The
+    limit is on the CPU time the job spends (imports and the check): wall time on a shared CI box also measures
+    its neighbours."""
+    bank = tmp_path / "afile"
+    bank.write_bytes(b"not a folder")
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.fit", "--normal", str(dataset / "train" / "good"),
+                             "--bank", str(bank), "--no-tracking"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    err = proc.stderr.read()  # one line, then it exits
+    _, status, usage = os.wait4(proc.pid, 0)  # wait4: the child's own CPU time
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall, cpu = time.perf_counter() - start, usage.ru_utime + usage.ru_stime
+    print(f"jobs.fit --bank FILE: exit {proc.returncode} after {wall:.1f} s ({cpu:.1f} s CPU)")
+    assert proc.returncode == 2, err[-2000:]
+    assert err.splitlines() == [f"error: bank={bank}: {bank} is an existing file; bank must be a folder"]
+    assert cpu < 10, f"{cpu:.1f} s of CPU before failing"
+    assert bank.read_bytes() == b"not a folder" and sorted(tmp_path.iterdir()) == [bank]
+
+
 FAKE_JOBS = {
     "interrupt": ("raise KeyboardInterrupt", 130, "interrupted; re-run with --run-name r1 to resume"),
     "failed_units": ("return {'run_id': 'r1', 'n_units': 40, 'failed_units': ['u1', 'u2', 'u3']}", 3,
-                     "error: 3 of 40 work units failed (their inputs have error rows and no marker); "
-                     "re-run with --run-name r1 to retry them"),
+                     "error: 3 of 40 work units failed (their inputs have error rows; none has a completion "
+                     "marker); re-run with --run-name r1 to retry them"),
+    "failed_units_rows_unwritten": (
+        "return {'run_id': 'r1', 'n_units': 40, 'failed_units': ['u1', 'u2', 'u3'], "
+        "'failed_units_without_rows': ['u2', 'u3']}", 3,
+        "error: 3 of 40 work units failed (the inputs of 1 have error rows; the error rows of 2 could not be "
+        "written, so their inputs have no rows yet; none has a completion marker); re-run with --run-name r1 to "
+        "retry them"),
     "incomplete": ("raise RunIncomplete('run r1: the summary could not be written\\n(storage gone)')", 3,
                    "error: run r1: the summary could not be written (storage gone)"),
     "bug": ("raise ZeroDivisionError('division by zero')", 1, "error: ZeroDivisionError: division by zero"),
@@ -146,7 +199,7 @@ def test_run_main_exit_codes_and_one_line_on_stderr(case):
     assert proc.returncode == code
     assert proc.stderr.splitlines() == [message]
     assert "progress line" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
-    if case == "failed_units":
+    if case.startswith("failed_units"):
         assert proc.stdout.rstrip().endswith("}") and '"failed_units": [' in proc.stdout
 
 

@@ -42,14 +42,18 @@ def test_fit_publishes_a_versioned_bank_with_metadata(fitted):
     meta = json.loads((work / "bank" / "v0001" / "bank.json").read_text())
     assert json.loads((work / "bank" / "latest.json").read_text()) == {"version": "v0001"}
     assert meta["n_images"] == 11 and fit["n_calibration_images"] == 1  # 12 normal, 10 % held out
-    # 64 px images, centre crop 56 px (crop_fraction 0.875): a 7x7 patch grid per image
-    assert meta["n_patches"] == 11 * 49 and meta["n_bank"] == round(0.1 * 11 * 49 + 0.5)
-    assert meta["crop_fraction"] == 0.875 and meta["grid"] == [7, 7]
+    # 64 px images, scored whole by default (crop_fraction 1): an 8x8 patch grid per image
+    assert meta["n_patches"] == 11 * 64 and meta["n_bank"] == round(0.1 * 11 * 64 + 0.5)
+    assert meta["crop_fraction"] == 1.0 and meta["grid"] == [8, 8]
+    assert fit["inspected_fraction"] == fit["inspected_area_fraction"] == 1.0
+    assert fit["random_weights"] == ["the resnet18 backbone (patchcore.weights=none)"]
     assert meta["backbone"] == "resnet18" and meta["layers"] == ["layer2", "layer3"]
     assert meta["fingerprint"].startswith("sha256:") and meta["threshold"] > 0
     run = mlflow.MlflowClient(tracking["tracking_uri"]).get_run(fit["mlflow_run_id"])
     assert run.data.params["bank.fingerprint"] == meta["fingerprint"]
     assert run.data.metrics["n_bank"] == meta["n_bank"]
+    assert run.data.params["inspected_fraction"] == "1.0"
+    assert run.data.tags["random_weights"] == "true" and "Random weights" in run.data.tags["mlflow.note.content"]
 
 
 def test_score_accounts_for_every_input_and_resumes_without_duplicates(fitted, dataset):
@@ -77,6 +81,17 @@ def test_score_accounts_for_every_input_and_resumes_without_duplicates(fitted, d
     run = mlflow.MlflowClient(tracking["tracking_uri"]).get_run(summary["mlflow_run_id"])
     assert run.data.metrics["inputs"] == 50 and run.data.metrics["errors"] == 4
     assert run.data.params["bank.version"] == "v0001"
+    # which node scored what: one local node, in every row, the summary and MLflow
+    (node, counts), = summary["nodes"].items()
+    assert {r["node_id"] for r in rows} == {node}
+    assert counts["rows"] == 50 and counts["units"] == summary["n_units"]
+    assert run.data.metrics["n_nodes"] == 1 and run.data.metrics[f"node.{node[:8]}.rows"] == 50
+    # the bank's random backbone and the part of each image inspected, in the summary and at the top of the run
+    randomly = f"the resnet18 backbone of bank {work / 'bank' / 'v0001'} (patchcore.weights=none)"
+    assert summary["random_weights"] == [randomly]
+    assert run.data.tags["random_weights"] == "true" and randomly in run.data.tags["mlflow.note.content"]
+    assert summary["inspected_fraction"] == summary["inspected_area_fraction"] == 1.0
+    assert run.data.params["inspected_area_fraction"] == "1.0"
 
     again = run_score(score_cfg(work, archive, tracking, run_name="nightly"))
     assert again["n_units_skipped_as_complete"] == again["n_units"] and again["n_inputs"] == 50
@@ -115,7 +130,7 @@ def test_fit_merges_shard_coresets_in_rounds_on_the_workers(ray_runtime, dataset
         "patchcore": small_patchcore(merge_max_vectors=100, calibration_fraction=0), "runtime": {"workers": 2},
         "tracking": {"enabled": False}}))
     assert fit["n_feature_shards"] == 2 and fit["coreset_merge_rounds"] >= 2
-    assert fit["n_bank"] == round(0.1 * 12 * 49 + 0.5)
+    assert fit["n_bank"] == round(0.1 * 12 * 64 + 0.5)
 
 
 def test_fit_with_the_official_patchsize_and_k_scores_as_it_calibrated(ray_runtime, dataset, tmp_path):

@@ -94,6 +94,8 @@ class EvaluateConfig(StrictModel):
                     "CSV/Parquet of per-row labels (source_uri,label); unset: a report without metrics")
     top_k: int = Field(24, ge=0, le=500, description="most anomalous inputs shown in the report's gallery")
     max_fpr: float = Field(0.3, gt=0, le=1, description="AUPRO integrates the PRO curve up to this false positive rate")
+    replace: bool = Field(False, description="without labels: replace an earlier evaluation made with labels "
+                                             "(refused otherwise, so its metrics are not lost)")
     storage: StorageSettings = StorageSettings()
     tracking: TrackingSettings = TrackingSettings()
 

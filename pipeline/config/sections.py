@@ -50,11 +50,12 @@ class RuntimeSettings(StrictModel):
     num_gpus_per_worker: float = Field(
         0.0, ge=0, description="GPUs Ray reserves for each worker (a fraction shares a GPU); 0: run on CPU")
     max_restarts: int = Field(
-        2, ge=0, le=100, description="times Ray restarts a worker that dies and retries its work unit, "
-                                     "before the unit fails")
+        2, ge=0, le=100, description="times a work unit is retried after its worker dies on a node that stays up, "
+                                     "before the unit fails (a worker lost with its node costs the unit nothing)")
     placement_timeout_s: float = Field(
-        300.0, gt=0, description="cluster: how long to wait for workers Ray cannot place yet; the job goes on with "
-                                 "those that started, or fails naming the missing resources if none did")
+        300.0, gt=0, description="cluster: how long to wait for Ray to place a worker when none is placed; the job "
+                                 "then fails naming the missing resources. Once one runs, the rest join as the "
+                                 "cluster grows")
     unit_timeout_s: float = Field(
         1800.0, gt=0, description="a work unit still running after this many seconds fails: error rows, no marker")
 
@@ -69,6 +70,10 @@ class TrackingSettings(StrictModel):
 class DecodeSettings(StrictModel):
     max_pixels: int = Field(40_000_000, ge=1, description="larger images are refused (decompression bombs)")
     max_file_bytes: int = Field(256 * 1024 * 1024, ge=1, description="larger input files are refused unread")
+    max_decoded_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="decoded RGB bytes (width x height x 3) one worker keeps in its batches; "
+                                             "batches close early to stay under it (one larger image still makes a "
+                                             "batch of its own)")
 
 
 class VideoSettings(StrictModel):

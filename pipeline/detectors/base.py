@@ -27,7 +27,11 @@ class ModelRef:
     params: dict[str, Any]  # logged to MLflow and the summary
     metadata: bytes  # logged to MLflow beside the run, as ``metadata_name``
     metadata_name: str = "model.json"
-    warning: str | None = None  # logged once on the driver, e.g. random weights
+    # the parts whose weights are a seeded random initialisation, each named in a phrase ("the resnet18 backbone
+    # of bank v0001 (patchcore.weights=none)"): the scores then mean nothing, and the log, summary.json, the
+    # MLflow run and the report say so
+    random_weights: tuple[str, ...] = ()
+    inspected_fraction: float = 1.0  # the centred fraction of each image side the model scores (1: the whole image)
 
 
 class Detector(Protocol):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipeline.features.clip import load_clip
+from pipeline.features.clip import check_clip_weights, load_clip
 from pipeline.features.preprocess import Preprocess
 from pipeline.io.labelled import LabelledSet, load_labelled
 from pipeline.io.storage import Storage
@@ -14,6 +15,8 @@ from pipeline.runtime import setup_worker_threads
 
 if TYPE_CHECKING:
     from pipeline.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def clip_training_inputs(cfg: TrainConfig) -> tuple[Any, torch.nn.Module, str, LabelledSet, str]:
@@ -25,3 +28,13 @@ def clip_training_inputs(cfg: TrainConfig) -> tuple[Any, torch.nn.Module, str, L
     aux = load_labelled(storage, cfg.aux, Preprocess(settings.image_size, interpolation=settings.interpolation),
                         cfg.decode)
     return settings, clip_model.to(device), clip_fingerprint, aux, device
+
+
+def check_clip_training(cfg: TrainConfig, storage: Storage) -> None:
+    """On the driver, before Ray starts: the CLIP weights are there (or one sentence says which file to place);
+    random CLIP weights are warned about, as PatchCore warns about a random backbone."""
+    settings = cfg.detector_settings()
+    check_clip_weights(settings.clip_arch, settings.clip_weights, storage)
+    if settings.clip_weights == "none":
+        log.warning("%s.clip_weights=none: CLIP is randomly initialised, so what this model learns means nothing "
+                    "about real anomalies (fine for tests and demos; give --clip-weights for real use)", cfg.detector)

@@ -10,6 +10,10 @@ Signatures of the named functions:
 - ``resolve(storage, cfg: ScoreConfig) -> ModelRef`` runs on the driver before any worker starts: it checks the
   model is there and readable and names its version;
 - ``load(cfg: ScoreConfig, storage, model: ModelRef, device) -> Detector`` runs once in each score worker;
+- ``random_weights(settings: dict, cfg: ScoreConfig) -> tuple[str, ...]`` (checkpoint detectors) names the frozen
+  pretrained parts that scoring with a checkpoint whose stored settings are ``settings`` would initialise at random;
+- ``Trainer.check(cfg: TrainConfig, storage) -> None`` runs on the driver before Ray starts: settings that cannot
+  train (with the setting to change) and weights that cannot be read fail here, random weights are warned about;
 - ``Trainer.run(cfg: TrainConfig, local: bool) -> TrainResult`` trains on Ray and returns the checkpoint;
 - ``Importer.convert(source: Path, out: str, storage, **options) -> dict`` turns the authors' released files into
   this product's artifact (``jobs.import_checkpoint --format NAME``).
@@ -31,6 +35,7 @@ class Trainer:
     data: str  # the TrainConfig setting that holds the training data ("normal" or "aux")
     settings: str  # "module:Class": its settings model, the TrainConfig section named after the detector
     run: str  # "module:function", see the module docstring
+    check: str  # "module:function", see the module docstring
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class DetectorEntry:
     trainer: Trainer | None = None
     score_settings: type[BaseModel] | None = None  # its own ScoreConfig section, named after it
     importer: Importer | None = None
+    random_weights: str | None = None  # "module:function", see the module docstring
 
 
 _CHECKPOINT = ("model", "a checkpoint from jobs.train")
@@ -61,20 +67,26 @@ DETECTORS: dict[str, DetectorEntry] = {e.name: e for e in [
                   resolve="pipeline.detectors.checkpoints:resolve_checkpoint",
                   load="pipeline.detectors.dmad.detector:load_for_score",
                   trainer=Trainer("normal", "pipeline.detectors.dmad.settings:DMADSettings",
-                                  "pipeline.detectors.dmad.train:run"),
-                  importer=Importer("pipeline.detectors.dmad.importer:convert", runs_pickle=True)),
+                                  "pipeline.detectors.dmad.train:run",
+                                  "pipeline.detectors.dmad.train:check"),
+                  importer=Importer("pipeline.detectors.dmad.importer:convert", runs_pickle=True),
+                  random_weights="pipeline.detectors.dmad.settings:random_weights"),
     DetectorEntry("anomalyclip", needs=(_CHECKPOINT,),
                   resolve="pipeline.detectors.checkpoints:resolve_checkpoint",
                   load="pipeline.detectors.anomalyclip.detector:load_for_score",
                   trainer=Trainer("aux", "pipeline.detectors.anomalyclip.settings:AnomalyCLIPSettings",
-                                  "pipeline.detectors.anomalyclip.train:run"),
-                  importer=Importer("pipeline.detectors.anomalyclip.importer:convert")),
+                                  "pipeline.detectors.anomalyclip.train:run",
+                                  "pipeline.detectors.anomalyclip.train:check"),
+                  importer=Importer("pipeline.detectors.anomalyclip.importer:convert"),
+                  random_weights="pipeline.detectors.checkpoints:random_clip"),
     DetectorEntry("inctrl", needs=(_CHECKPOINT, ("prompts", "normal images to draw its few-shot prompts from")),
                   resolve="pipeline.detectors.checkpoints:resolve_checkpoint",
                   load="pipeline.detectors.inctrl.detector:load_for_score",
                   trainer=Trainer("aux", "pipeline.detectors.inctrl.settings:InCTRLSettings",
-                                  "pipeline.detectors.inctrl.train:run"),
-                  importer=Importer("pipeline.detectors.inctrl.importer:convert")),
+                                  "pipeline.detectors.inctrl.train:run",
+                                  "pipeline.detectors.components:check_clip_training"),
+                  importer=Importer("pipeline.detectors.inctrl.importer:convert"),
+                  random_weights="pipeline.detectors.checkpoints:random_clip"),
     DetectorEntry("saa", needs=(("saa.gdino_weights", "GroundingDINO weights: folder, s3://, hub name or none"),
                                 ("saa.sam_weights", "SAM weights: folder, s3://, hub name or none")),
                   resolve="pipeline.detectors.saa.detector:resolve_saa",

@@ -13,7 +13,7 @@ from pipeline.evaluation.report import build_report
 from pipeline.evaluation.run_metrics import evaluate, numeric_metrics
 from pipeline.io.storage import Storage
 from pipeline.results import RunLayout, read_rows
-from pipeline.tracking import start_run
+from pipeline.tracking import check_tracking, random_weights_tags, start_run
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -21,10 +21,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
     storage = Storage(cfg.storage)
     storage.check_reachable(cfg.output, "output")
+    check_tracking(cfg.tracking)  # before anything is read or written: a store that is down fails in seconds
+    layout = RunLayout(cfg.output)
+    _keep_labelled_evaluation(storage, cfg, layout)
     rows = read_rows(storage, cfg.output, columns=None)
     if not rows:
         raise ConfigError(f"output={cfg.output}: no scored rows (scores/*.parquet) under it")
-    layout = RunLayout(cfg.output)
     videos_uri = layout.videos
     videos = json.loads(storage.read_bytes(videos_uri)) if storage.exists(videos_uri) else []
     labels = None
@@ -36,9 +38,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         result = evaluate(storage, rows, labels, videos, cfg.max_fpr)
     else:
         result = {"n_rows": len(rows), "warnings": ["no --labels: report only, no metrics"], "errors": []}
-    result = {"output": cfg.output, "labels": cfg.labels} | result
+    summary = json.loads(storage.read_bytes(layout.summary)) if storage.exists(layout.summary) else {}
+    result = {"output": cfg.output, "labels": cfg.labels, "random_weights": summary.get("random_weights")} | result
     report_uri = layout.report
-    report = build_report(storage, cfg.output, rows, videos, result, labels, cfg.top_k).encode()
+    report = build_report(storage, cfg.output, rows, videos, result, labels, cfg.top_k, summary).encode()
     storage.write_bytes(layout.evaluation, json.dumps(result, indent=2).encode())
     storage.write_bytes(report_uri, report)
 
@@ -46,6 +49,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     scoring = json.loads(storage.read_bytes(tracking_uri)) if storage.exists(tracking_uri) else {}
     with start_run(cfg.tracking, "evaluate-" + cfg.output.rstrip("/").rsplit("/", 1)[-1], "evaluate") as run:
         run.params({"output": cfg.output, "labels": cfg.labels, "top_k": cfg.top_k, "max_fpr": cfg.max_fpr})
+        run.tags(random_weights_tags(summary.get("random_weights") or []))
         if scoring.get("mlflow_run_id"):
             run.tags({"scoring_run_id": scoring["mlflow_run_id"]})
         run.metrics(numeric_metrics(result))
@@ -56,3 +60,17 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         raise ConfigError(f"evaluation of {cfg.output}: " + "; ".join(result["errors"])
                           + f" (details in {layout.evaluation})")
     return result | {"report": report_uri}
+
+
+def _keep_labelled_evaluation(storage: Storage, cfg: EvaluateConfig, layout: RunLayout) -> None:
+    """An evaluation without labels would overwrite a labelled one's metrics with none: refused unless
+    ``replace`` says so (re-running with labels updates it as before)."""
+    if cfg.labels or cfg.replace or not storage.exists(layout.evaluation):
+        return
+    try:
+        earlier = json.loads(storage.read_bytes(layout.evaluation)).get("labels")
+    except (ValueError, AttributeError):
+        return  # not an evaluation this product wrote: nothing worth keeping
+    if earlier:
+        raise ConfigError(f"{layout.evaluation} holds an evaluation with labels={earlier}; give --labels {earlier} to "
+                          f"update it, or --replace to replace it with a report without metrics")

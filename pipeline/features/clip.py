@@ -106,6 +106,49 @@ def load_clip(arch: str, weights: str, seed: int, storage: Storage) -> tuple[nn.
     return model.eval().requires_grad_(False), fingerprint
 
 
+def tower_layers(arch: str) -> tuple[int, int]:
+    """``(vision layers, text layers)`` of an open_clip architecture, from its config (no weights built)."""
+    register_tiny_configs()
+    config = open_clip.get_model_config(arch)
+    if not config:
+        raise ClipWeightsError(f"clip_arch={arch}: unknown open_clip architecture")
+    return int(config["vision_cfg"]["layers"]), int(config["text_cfg"]["layers"])
+
+
+def _place_hint(tag: str, tag_cfg: dict) -> str:
+    """Which file to fetch, on a machine with network access, for ``--clip-weights FILE``."""
+    hub = tag_cfg.get("hf_hub", "").rstrip("/")
+    if hub:
+        return (f"download https://huggingface.co/{hub}/resolve/main/open_clip_pytorch_model.bin where there is "
+                f"network access and give its path or s3:// URI as clip_weights (--clip-weights FILE)")
+    url = tag_cfg["url"]
+    convert = " after python -m jobs.convert_openai_clip" if tag == "openai" else ""
+    return f"download {url} where there is network access and give it as clip_weights (--clip-weights FILE){convert}"
+
+
+def check_clip_weights(arch: str, weights: str, storage: Storage) -> None:
+    """On the driver, before any work: the weights can be read (a file) or fetched (an open_clip tag, then
+    cached for the workers); otherwise one sentence naming the file to place."""
+    tower_layers(arch)
+    if weights == "none":
+        return
+    if "/" in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        if not storage.exists(weights):
+            raise ClipWeightsError(f"clip_weights={weights}: no such file")
+        return
+    tag_cfg = open_clip.get_pretrained_cfg(arch, weights)
+    if not tag_cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+        raise ClipWeightsError(f"clip_weights={weights}: open_clip has no such weights for {arch} (its tags: {tags}; "
+                               f"or a state_dict file, or none)")
+    try:
+        open_clip.pretrained.download_pretrained(tag_cfg)
+    except Exception as exc:  # noqa: BLE001 - no network, hub errors, a broken cache: the same advice
+        raise ClipWeightsError(f"clip_weights={weights}: the {weights} weights of {arch} are not on this machine and "
+                               f"could not be downloaded; "
+                               f"{_place_hint(weights, tag_cfg)}") from exc
+
+
 def uses_quick_gelu(model: nn.Module) -> bool:
     """Whether the model's MLPs use QuickGELU (checked on the first vision block)."""
     return isinstance(model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)

@@ -34,6 +34,11 @@ class Preprocess:
         """The square side the model sees."""
         return self.crop or self.size
 
+    @property
+    def inspected_fraction(self) -> float:
+        """The centred fraction of each side of the (resized) image that the model sees: 1 without a crop."""
+        return self.input_size / self.size
+
     def _offset(self) -> int:
         return int(round((self.size - self.input_size) / 2.0))  # torchvision's CenterCrop rounding
 
@@ -60,6 +65,44 @@ class Preprocess:
         o, n = self._offset(), self.input_size
         full[o:o + n, o:o + n] = amap
         return full
+
+
+def describe_inspected(fraction: float) -> str:
+    """What part of each image a model with this :attr:`Preprocess.inspected_fraction` scores, for the log."""
+    if fraction >= 1:
+        return "the whole of each image is inspected"
+    return (f"only the centred {100 * fraction:.3g} % of each image's sides ({100 * fraction ** 2:.3g} % of its area) "
+            f"is inspected: the outer {50 * (1 - fraction):.3g} % of every edge is never scored")
+
+
+LETTERBOX_PAD = -1.0  # never a pixel value (pixels are 0..1), so the image's extent can be read back
+
+
+@dataclass(frozen=True)
+class Letterbox(Preprocess):
+    """The image resized (antialiased bilinear) so its longer side is ``size``, its proportions kept, at the top
+    left of a ``size x size`` square padded with :data:`LETTERBOX_PAD`, as SAM's ``ResizeLongestSide`` + pad. A
+    detector that needs the image's true shape reads it back with :func:`letterbox_extent`; the maps it returns
+    are squares over the whole image, like every detector's."""
+
+    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
+        h, w = rgb.shape[:2]
+        scale = self.size / max(h, w)
+        nh, nw = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))  # SAM's get_preprocess_shape
+        t = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        if (nh, nw) != (h, w):
+            t = F.interpolate(t, size=(nh, nw), mode=self.interpolation, antialias=True, align_corners=False)
+        out = torch.full((3, self.size, self.size), LETTERBOX_PAD)
+        out[:, :nh, :nw] = t[0].clamp_(0.0, 1.0)
+        return out
+
+
+def letterbox_extent(image: torch.Tensor) -> tuple[int, int]:
+    """``(h, w)`` of the image inside a :class:`Letterbox` square ``[3,S,S]`` (the whole square for any other
+    input)."""
+    valid = image[0] >= 0
+    rows, cols = valid.any(1), valid.any(0)
+    return int(rows.sum()), int(cols.sum())
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:

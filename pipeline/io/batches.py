@@ -1,4 +1,10 @@
-"""Read, decode and batch the inputs of one work unit; failures travel beside the batches."""
+"""Read, decode and batch the inputs of one work unit; failures travel beside the batches.
+
+Memory: a batch keeps its decoded RGB images (heatmaps are drawn on them), and a worker has up to
+:data:`BATCHES_ALIVE` batches alive at once, so a batch is closed early once its images hold
+:func:`batch_byte_cap` bytes: together they stay within ``decode.max_decoded_bytes`` however large the
+images (an image larger than the cap makes a batch of its own).
+"""
 
 from __future__ import annotations
 
@@ -49,6 +55,14 @@ class Batch:
     failed: list[Failed] = field(default_factory=list)
 
 
+BATCHES_ALIVE = 3  # the batch being scored, the one prefetched behind it, the one being filled
+
+
+def batch_byte_cap(decode: DecodeSettings) -> int:
+    """Decoded bytes (H x W x 3) one batch may hold."""
+    return max(1, decode.max_decoded_bytes // BATCHES_ALIVE)
+
+
 def _iter_video(storage: Storage, unit: WorkUnit) -> Iterator[Decoded | Failed]:
     start = time.perf_counter()
     try:
@@ -94,20 +108,27 @@ def _with_tensor(item: Decoded | Failed, preprocess: Preprocess) -> tuple[Decode
 def iter_batches(storage: Storage, unit: WorkUnit, decode: DecodeSettings, preprocess: Preprocess,
                  batch_size: int, threads: int = 1) -> Iterator[Batch]:
     """Batches of decoded inputs (images, tar members or sampled video frames) as model tensors.
-    Decoding and resizing run on ``threads`` threads (the worker's CPU share)."""
-    batch, tensors = Batch(), []
+    Decoding and resizing run on ``threads`` threads (the worker's CPU share). A batch holds at most
+    ``batch_size`` images and at most :func:`batch_byte_cap` decoded bytes (at least one image)."""
+    batch, tensors, held = Batch(), [], 0
+    cap = batch_byte_cap(decode)
     prepared = ordered_map(lambda item: _with_tensor(item, preprocess), _iter_decoded(storage, unit, decode, threads),
                            threads)
     for item, tensor in prepared:
         if isinstance(item, Failed):
             batch.failed.append(item)
             continue
+        if batch.items and held + item.rgb.nbytes > cap:
+            batch.tensor = torch.stack(tensors)
+            yield batch
+            batch, tensors, held = Batch(), [], 0
         tensors.append(tensor)
         batch.items.append(item)
+        held += item.rgb.nbytes
         if len(batch.items) == batch_size:
             batch.tensor = torch.stack(tensors)
             yield batch
-            batch, tensors = Batch(), []
+            batch, tensors, held = Batch(), [], 0
     if batch.items or batch.failed:
         batch.tensor = torch.stack(tensors) if tensors else None
         yield batch

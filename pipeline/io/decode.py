@@ -10,6 +10,7 @@ unknown, and a filled-in value would be scored as if it had been seen.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -18,6 +19,15 @@ from PIL import Image, ImageFile, ImageOps
 from pipeline.errors import DecodeError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _reason(exc: Exception) -> str:
+    """``Type: message`` without Python object reprs (PIL names the in-memory file it was handed,
+    ``<_io.BytesIO object at 0x7f...>``, which differs on every run and means nothing to a reader)."""
+    return f"{type(exc).__name__}: {_OBJECT_REPR.sub('the file', str(exc))}"
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -47,8 +57,11 @@ def decode_image(data: bytes | None, max_pixels: int) -> np.ndarray:
             img = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise DecodeError(f"refused: decompression bomb ({exc})") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise DecodeError(f"not a decodable image: unknown format or damaged header (first bytes "
+                          f"{data[:8].hex(' ')})") from exc
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for "not an image"
-        raise DecodeError(f"not a decodable image: {type(exc).__name__}: {exc}") from exc
+        raise DecodeError(f"not a decodable image: {_reason(exc)}") from exc
     with img:
         width, height = img.size
         if width <= 0 or height <= 0:
@@ -61,7 +74,7 @@ def decode_image(data: bytes | None, max_pixels: int) -> np.ndarray:
             img.load()
             ImageOps.exif_transpose(img, in_place=True)
         except Exception as exc:  # noqa: BLE001
-            raise DecodeError(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from exc
+            raise DecodeError(f"corrupt or truncated image: {_reason(exc)}") from exc
         return _convert(img)
 
 

@@ -1,4 +1,7 @@
-"""YAML from files a user or an archive supplies: safe, without anchors and aliases ("billion laughs")."""
+"""YAML from files a user or an archive supplies: safe, without anchors and aliases ("billion laughs"),
+at most :data:`MAX_DEPTH` levels deep (PyYAML composes nested nodes recursively: a 1 KB file of 330
+nested brackets overflows Python's stack), and with every key of a mapping given once (PyYAML keeps
+the last of two silently: a second ``input:`` would quietly win)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import yaml
 from pipeline.errors import ConfigError
 
 MAX_QUOTED = 200  # characters of one input value an error message quotes
+MAX_DEPTH = 64  # nested collections; every setting of this product sits at most three deep
 
 
 def clip_text(text: str, limit: int = MAX_QUOTED) -> str:
@@ -16,14 +20,35 @@ def clip_text(text: str, limit: int = MAX_QUOTED) -> str:
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """Safe YAML without anchors and aliases: nested aliases expand exponentially ("billion laughs")."""
+    """Safe YAML without anchors and aliases (nested aliases expand exponentially: "billion laughs"),
+    deeper nesting than :data:`MAX_DEPTH`, or a key given twice in one mapping."""
+
+    _depth = 0
 
     def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise ConfigError(f"line {event.start_mark.line + 1}: YAML anchors and aliases (&name, *name) are not "
                               "accepted in config files; write the values out")
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise ConfigError(f"line {event.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # a collection as a key: the settings models refuse it anyway
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in first:
+                raise ConfigError(f"line {line}: key {clip_text(repr(key))} given twice (first on line {first[key]}); "
+                                  f"keep one")
+            first[key] = line
+        return super().construct_mapping(node, deep)
 
 
 class _NoAliasDumper(yaml.SafeDumper):

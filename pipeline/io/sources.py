@@ -7,6 +7,14 @@ unit of its own and is streamed member by member, so nothing is ever extracted t
 member's name can never escape anywhere; a video is cut into frame-range units so one long video
 spreads over workers.
 
+Results are never inputs: :func:`list_inputs` leaves out the job's own output prefix and every
+folder this product wrote (a run folder: ``run.json`` beside ``scores/`` or ``_markers/``; a bank
+root: ``latest.json`` beside ``vNNNN/bank.json``), so an output prefix inside the input prefix
+does not grow the next run with its own heatmaps and Parquet parts.
+
+File names that are not valid UTF-8 reach Python as surrogate escapes; they are hashed and opened
+by their bytes, and rows carry them as :func:`printable_name` (``caf\\xe9.png``).
+
 Per-input problems (missing, unreadable, too large) become items with an error; a
 :class:`TransientStorageError` (storage down, not the input) propagates, failing the whole unit
 so it gets no completion marker and a re-run retries it.
@@ -17,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 import posixpath
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,8 +40,19 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
 
 
+def name_bytes(text: str) -> bytes:
+    """The bytes of a name as the filesystem gave them (a non-UTF-8 name's bytes survive as surrogates)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def printable_name(text: str) -> str:
+    """``text`` as valid UTF-8: unchanged for a valid name, each undecodable byte written ``\\xNN``
+    (``b'caf\\xe9.png'`` -> ``caf\\xe9.png``), so Parquet and JSON hold the name without losing a byte."""
+    return name_bytes(text).decode("utf-8", "backslashreplace")
+
+
 def stable_hash(text: str) -> int:
-    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big")
+    return int.from_bytes(hashlib.sha1(name_bytes(text)).digest()[:8], "big")
 
 
 def is_image(name: str) -> bool:
@@ -49,11 +69,52 @@ class Listing:
     tars: list[str]
     skipped: list[str]  # files that are neither images, tar shards nor videos
     videos: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # output and product folders not listed (see list_inputs)
+    n_left_out: int = 0  # files under them
 
 
-def list_inputs(storage: Storage, uri: str) -> Listing:
+RUN_FOLDER_PARTS = ("scores", "_markers")  # beside run.json: a run folder (pipeline/results layout)
+BANK_VERSION = re.compile(r"v\d{4,}")  # beside latest.json, holding bank.json: a bank root
+
+
+def _is_run_folder(folder: str, names: set[str], by_parent: dict[str, set[str]]) -> bool:
+    return "run.json" in names and any(posixpath.join(folder, p) in by_parent for p in RUN_FOLDER_PARTS)
+
+
+def _is_bank_root(folder: str, names: set[str], by_parent: dict[str, set[str]]) -> bool:
+    return "latest.json" in names and any(
+        posixpath.dirname(sub) == folder and BANK_VERSION.fullmatch(posixpath.basename(sub)) and "bank.json" in held
+        for sub, held in by_parent.items())
+
+
+def product_folders(paths: list[str]) -> set[str]:
+    """Folders among ``paths``' ancestors that hold a run or a bank this product wrote."""
+    by_parent: dict[str, set[str]] = {}
+    for path in paths:
+        parent, name = posixpath.split(path)
+        by_parent.setdefault(parent, set()).add(name)
+    return {folder for folder, names in by_parent.items()
+            if _is_run_folder(folder, names, by_parent) or _is_bank_root(folder, names, by_parent)}
+
+
+def _under(path: str, folders: set[str]) -> bool:
+    parent = posixpath.dirname(path)
+    while parent not in folders:
+        up = posixpath.dirname(parent)
+        if up == parent:
+            return False
+        parent = up
+    return True
+
+
+def list_inputs(storage: Storage, uri: str, exclude: tuple[str, ...] = ()) -> Listing:
+    """The files under ``uri`` by kind, leaving out the folders in ``exclude`` (the job's output) and
+    every run or bank folder this product wrote (see the module docstring): ``Listing.left_out``."""
     images, tars, skipped, videos = [], [], [], []
-    for path in storage.iter_files(uri):
+    files = storage.list_files(uri)
+    outside = {storage.canonical(e) for e in exclude} | product_folders(files)
+    kept = [f for f in files if not _under(f, outside)]
+    for path in kept:
         base = posixpath.basename(path)
         if base.startswith((".", "_")):
             continue
@@ -65,7 +126,9 @@ def list_inputs(storage: Storage, uri: str) -> Listing:
             videos.append(path)
         else:
             skipped.append(path)
-    return Listing(images, tars, skipped, videos)
+    held = {f for f in outside if any(_under(p, {f}) for p in files)}
+    left_out = sorted(f for f in held if not _under(f, held))  # the outermost: results/ holds its run folders
+    return Listing(images, tars, skipped, videos, left_out=left_out, n_left_out=len(files) - len(kept))
 
 
 @dataclass(frozen=True)
@@ -84,7 +147,7 @@ class WorkUnit:
             text = f"{self.video}\0{self.frame_start}\0{self.frame_end}\0{self.frame_stride}"
         else:
             text = self.tar if self.tar else "\n".join(self.files)
-        return hashlib.sha1(text.encode()).hexdigest()
+        return hashlib.sha1(name_bytes(text)).hexdigest()
 
 
 def plan_units(listing: Listing, images_per_unit: int, n_buckets: int | None = None) -> tuple[list[WorkUnit], int]:
@@ -205,14 +268,19 @@ def _member_item(uri: str, tar: tarfile.TarFile, member: tarfile.TarInfo, index:
 
 
 def _iter_tar(storage: Storage, uri: str, decode: DecodeSettings) -> Iterator[RawItem]:
-    """Stream a shard's members in order; directories give no item, everything else one."""
-    seen = 0
+    """Stream a shard's members in order; directories give no item, everything else one. A shard
+    with no member but folders gets one "skipped" item, so it still has a row."""
+    seen = items = 0
     try:
         with storage.open_read(uri) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
             for index, member in enumerate(tar):
                 seen = index + 1
                 if not member.isdir():
+                    items += 1
                     yield _member_item(uri, tar, member, index, decode.max_file_bytes)
+        if not items:
+            what = f"only {seen} folder entries" if seen else "no entries"
+            yield RawItem(uri, None, None, f"skipped: tar shard holds no files ({what})", status="skipped")
     except TransientStorageError:
         raise
     except (tarfile.TarError, OSError, EOFError, StorageError) as exc:

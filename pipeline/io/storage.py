@@ -29,7 +29,6 @@ import os
 import posixpath
 import random
 import stat
-import tempfile
 import time
 import uuid
 from collections import deque
@@ -157,8 +156,12 @@ def _open_local(uri: str, path: str) -> IO[bytes]:
 
 
 def _write_local(path: str, data: bytes) -> None:
+    """Write a temporary file beside ``path``, then rename it over ``path``. The temporary file is
+    created with mode 0o666 less the umask, as ``open()`` does (``mkstemp`` would make it 0600, and
+    the rename would keep that: a bank on a shared disk nobody else could read)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{uuid.uuid4().hex[:8]}.")
+    tmp = os.path.join(os.path.dirname(path), f".{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

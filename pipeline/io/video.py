@@ -44,6 +44,9 @@ class VideoFrame:
 
 
 def _open(fh: IO[bytes]) -> av.container.InputContainer:
+    if not fh.read(1):  # FFmpeg's word for an empty file is "Invalid argument"
+        raise VideoError("empty file (0 bytes)")
+    fh.seek(0)
     try:
         return av.open(fh)
     except StorageError:

@@ -17,8 +17,9 @@ import re
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
+from pipeline.detectors.patchcore.settings import PatchCoreSettings
 from pipeline.errors import StorageError
 from pipeline.io.storage import Storage, join
 from pipeline.memory_bank.index import ShardedIndex, build_index, deserialize, serialize, split_rows
@@ -42,38 +43,26 @@ class LineageEntry(BaseModel):
 
 
 class BankMetadata(BaseModel):
+    """``bank.json``: the PatchCore settings the bank was fitted (or imported) with, and what the fit found.
+
+    On disk the settings sit beside the bank's own fields, one flat mapping (as every bank.json has been), so
+    banks written before this model read unchanged and readers of the file need no second level."""
+
     version: str = ""
     created_at: str
     normal_uri: str
     parent: str | None = None
     lineage: list[LineageEntry] = []
-    backbone: str
-    weights: str
+    patchcore: PatchCoreSettings
     weights_fingerprint: str
-    seed: int
-    layers: list[str]
-    image_size: int
-    crop_fraction: float = 1.0  # banks from before the crop setting scored the whole resized image
-    interpolation: str = "bilinear"
-    pretrain_embed_dim: int
-    embed_dim: int
     grid: tuple[int, int]
-    patchsize: int = 3
-    coreset_ratio: float
-    coreset_projection_dim: int
     patch_distance: Literal["squared", "euclidean"] = Field(
         "squared", description="patch score: mean squared L2 distance to the anomaly_scorer_num_nn nearest bank "
                                "vectors (official), or the plain L2 distance to the nearest (banks written before "
                                "the official rule, see LEGACY_DEFAULTS)")
-    anomaly_scorer_num_nn: int = 1
     bn_shift_input: tuple[int, int] | None = Field(
         None, description="(H, W) of the all-ones image the official code ran through the backbone in train mode "
                           "(imported banks); None: the clean backbone")
-    num_neighbors: int
-    reweight: bool
-    sigma: float
-    precision: str = "float32"
-    index_dtype: str = "float32"
     n_images: int
     n_errors: int
     n_patches: int
@@ -85,13 +74,27 @@ class BankMetadata(BaseModel):
     fingerprint: str
 
 
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_from_flat(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "patchcore" not in raw:
+            raw = dict(raw)
+            raw["patchcore"] = {k: raw.pop(k) for k in list(raw) if k in PatchCoreSettings.model_fields}
+        return raw
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        return {k: v for k, v in data.items() if k != "patchcore"} | data["patchcore"]
+
+
 def fingerprint(vectors: np.ndarray) -> str:
     arr = np.ascontiguousarray(vectors, dtype=np.float32)
     return "sha256:" + hashlib.sha256(arr.tobytes()).hexdigest()
 
 
 def listing_fingerprint(uris: list[str]) -> str:
-    return "sha256:" + hashlib.sha256("\n".join(sorted(uris)).encode()).hexdigest()
+    return "sha256:" + hashlib.sha256("\n".join(sorted(uris)).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _versions(storage: Storage, root: str) -> list[str]:
@@ -118,7 +121,8 @@ def publish_bank(storage: Storage, root: str, vectors: np.ndarray, meta: BankMet
     shards = []
     for i, (start, end) in enumerate(split_rows(len(vectors), shard_vectors)):
         name = f"index-{i:04d}.faiss"
-        storage.write_bytes(join(root, version, name), serialize(build_index(vectors[start:end], meta.index_dtype)))
+        index = build_index(vectors[start:end], meta.patchcore.index_dtype)
+        storage.write_bytes(join(root, version, name), serialize(index))
         shards.append(ShardInfo(file=name, n_vectors=end - start, fingerprint=fingerprint(vectors[start:end])))
     return _publish_manifest(storage, root, meta.model_copy(update={"version": version, "shards": shards,
                                                                      "n_bank": len(vectors)}))
@@ -164,9 +168,10 @@ def resolve_bank_uri(storage: Storage, root: str, version: str | None) -> str:
 
 # What a bank.json written before a field existed was built and calibrated with: its threshold was
 # set on plain L2 distances to the nearest vector, and its ``weights: torchvision`` meant torchvision's
-# DEFAULT (IMAGENET1K_V2 for resnet50/wide_resnet50_2; ``torchvision`` now means IMAGENET1K_V1).
+# DEFAULT (IMAGENET1K_V2 for resnet50/wide_resnet50_2; ``torchvision`` now means IMAGENET1K_V1). Banks from
+# before the crop setting scored the whole resized image.
 LEGACY_DEFAULTS: dict[str, Any] = {"patch_distance": "euclidean", "anomaly_scorer_num_nn": 1, "patchsize": 3,
-                                   "bn_shift_input": None}
+                                   "bn_shift_input": None, "crop_fraction": 1.0, "interpolation": "bilinear"}
 
 
 def upgrade_legacy(raw: dict[str, Any]) -> dict[str, Any]:

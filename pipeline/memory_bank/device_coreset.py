@@ -25,9 +25,10 @@ import torch
 from pipeline.memory_bank.device_knn import mm_float32
 
 
-def greedy_kcenter_torch(points: torch.Tensor, k: int, seed: int = 0,
-                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Indices (int64, on ``points.device``) of ``k`` points chosen farthest-first.
+def greedy_kcenter_torch(points: torch.Tensor, k: int, seed: int = 0, dtype: torch.dtype = torch.float32,
+                         start_candidates: np.ndarray | None = None) -> torch.Tensor:
+    """Indices (int64, on ``points.device``) of ``k`` points chosen farthest-first, in the order chosen;
+    ``start_candidates``: the official start rule, as in :func:`~pipeline.memory_bank.coreset.greedy_kcenter`.
 
     ``dtype`` is how the points are stored for the per-iteration matvec: float16/bfloat16 halve
     its memory traffic on a GPU (on CPU they are upcast every iteration: slower, for testing).
@@ -45,10 +46,15 @@ def greedy_kcenter_torch(points: torch.Tensor, k: int, seed: int = 0,
     xf = x.float()
     sq = torch.einsum("ij,ij->i", xf, xf)
     selected = torch.empty(k, dtype=torch.int64, device=x.device)
-    first = torch.tensor([int(np.random.default_rng(seed).integers(n))], device=x.device)
-    selected[:1] = first
-    mind = _distances(x, sq, first)
-    for i in range(1, k):
+    if start_candidates is None:
+        first = torch.tensor([int(np.random.default_rng(seed).integers(n))], device=x.device)
+        selected[:1] = first
+        mind, begin = _distances(x, sq, first), 1
+    else:
+        starts = torch.as_tensor(np.asarray(start_candidates), device=x.device)
+        mind = torch.stack([_distances(x, sq, s.view(1)) for s in starts]).mean(0)
+        begin = 0
+    for i in range(begin, k):
         j = mind.argmax().view(1)
         torch.minimum(mind, _distances(x, sq, j), out=mind)
         mind.index_fill_(0, j, 0.0)

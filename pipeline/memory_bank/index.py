@@ -9,6 +9,8 @@ on rounded vectors).
 
 from __future__ import annotations
 
+import struct
+
 import faiss
 import numpy as np
 
@@ -27,7 +29,62 @@ def serialize(index: faiss.Index) -> bytes:
     return faiss.serialize_index(index).tobytes()
 
 
+_HEADER = struct.Struct("<4siqqqBi")  # fourcc, d, ntotal, two unused, is_trained, metric_type (faiss write_index)
+_COUNT = struct.Struct("<Q")  # a vector's length, before its elements
+_SQ_FIELDS = struct.Struct("<iifQQ")  # ScalarQuantizer: qtype, rangestat, rangestat_arg, d, code_size
+_FLAT = (b"IxF2", b"IxFI", b"IxFl")  # IndexFlatL2 / IndexFlatIP / IndexFlat: float32 vectors
+_SCALAR_QUANTIZER = b"IxSQ"
+_OTHER_TYPES = {b"IwFl": "IndexIVFFlat", b"IwPQ": "IndexIVFPQ", b"IwSq": "IndexIVFScalarQuantizer",
+                b"IxPq": "IndexPQ", b"IHNf": "IndexHNSWFlat", b"IxMp": "IndexIDMap", b"IxM2": "IndexIDMap2"}
+
+
+class IndexFileError(ValueError):
+    """The bytes are not a faiss index this product reads, or their header claims more than they hold."""
+
+
+def _vector(data: bytes, offset: int, item_bytes: int, what: str) -> tuple[int, int]:
+    """``(length, offset after it)`` of the vector at ``offset``, refused if it claims more than the file holds."""
+    if offset + _COUNT.size > len(data):
+        raise IndexFileError(f"truncated before its {what}")
+    (length,) = _COUNT.unpack_from(data, offset)
+    end = offset + _COUNT.size + length * item_bytes
+    if end > len(data):
+        raise IndexFileError(f"the header claims {what} ({length * item_bytes} bytes), but the file holds "
+                             f"{len(data)} bytes")
+    return length, end
+
+
+def check_header(data: bytes) -> None:
+    """Refuse ``data`` before faiss reads it if its header claims more than it holds: faiss allocates
+    what a header claims (up to 2^40 elements) before finding the bytes missing, so a 100-byte file
+    claiming 3 GiB costs 3 GiB. Only the index types :func:`build_index` writes are accepted."""
+    if len(data) < _HEADER.size:
+        raise IndexFileError(f"{len(data)} bytes: too short for a faiss index header")
+    fourcc, d, ntotal, _, _, _, metric = _HEADER.unpack_from(data)
+    if fourcc not in (*_FLAT, _SCALAR_QUANTIZER):
+        kind = _OTHER_TYPES.get(fourcc, f"index of type {fourcc.decode('latin-1')!r}")
+        raise IndexFileError(f"a {kind}: only exact flat and scalar-quantizer faiss indexes are read")
+    if d <= 0 or ntotal < 0:
+        raise IndexFileError(f"header claims dimension {d} and {ntotal} vectors")
+    offset = _HEADER.size + (4 if metric > 1 else 0)  # metric_arg follows the header for metrics past L2/IP
+    if fourcc in _FLAT:
+        length, end = _vector(data, offset, 4, f"{ntotal} vectors of dimension {d}")
+        if length != ntotal * d or end != len(data):
+            raise IndexFileError(f"header claims {ntotal} vectors of dimension {d} ({ntotal * d * 4} bytes); the "
+                                 f"file holds {len(data)} bytes")
+        return
+    if offset + _SQ_FIELDS.size > len(data):
+        raise IndexFileError("truncated scalar quantizer")
+    _, _, _, sq_d, code_size = _SQ_FIELDS.unpack_from(data, offset)
+    _, offset = _vector(data, offset + _SQ_FIELDS.size, 4, "quantizer ranges")
+    length, end = _vector(data, offset, 1, f"{ntotal} codes of {code_size} bytes")
+    if sq_d != d or length != ntotal * code_size or end != len(data):
+        raise IndexFileError(f"header claims {ntotal} vectors of {code_size} bytes; the file holds {len(data)} bytes")
+
+
 def deserialize(data: bytes) -> faiss.Index:
+    """The index in ``data``, after :func:`check_header`."""
+    check_header(data)
     return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 

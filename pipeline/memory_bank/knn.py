@@ -45,7 +45,7 @@ class FaissKNN:
         return torch.from_numpy(self.index.reconstruct(ids.cpu().numpy())).to(ids.device)
 
 
-def resolve_engine(engine: str, device: str) -> str:
+def resolve_knn_engine(engine: str, device: str) -> str:
     """``auto`` -> ``torch`` on CUDA, ``faiss`` elsewhere."""
     if engine == "auto":
         return "torch" if device.startswith("cuda") else "faiss"
@@ -58,7 +58,7 @@ def default_precision(engine: str, device: str) -> str:
 
 def build_knn(index: ShardedIndex, engine: str, device: str, precision: str | None = None) -> NearestNeighbours:
     """The bank's vectors behind the chosen engine (``auto``, ``torch`` or ``faiss``)."""
-    engine = resolve_engine(engine, device)
+    engine = resolve_knn_engine(engine, device)
     if engine == "faiss":
         return FaissKNN(index)
     vectors: np.ndarray = index.all_vectors()

@@ -23,17 +23,18 @@ OverlayFormat = Literal["jpeg", "png", "webp"]
 EXTENSIONS: dict[str, str] = {"jpeg": ".jpg", "png": ".png", "webp": ".webp"}
 
 # A perceptually ordered dark-blue -> red -> yellow ramp (anchor colours, linearly interpolated).
-_RAMP = np.array([[0, 0, 40], [40, 0, 140], [180, 20, 120], [240, 90, 30], [255, 230, 60]], dtype=np.float32)
+RAMP = np.array([[0, 0, 40], [40, 0, 140], [180, 20, 120], [240, 90, 30], [255, 230, 60]], dtype=np.float32)
 LUT_SIZE = 1024  # ramp entries: neighbouring entries differ by at most 0.7 of a colour level
 IMAGE_WEIGHT, MAP_WEIGHT = 0.55, 0.45
+SCALE_SPAN = 2.0  # the ramp runs from 0 to SCALE_SPAN * scale: the scale (the threshold) is its middle
 
 
 def colorize(values: np.ndarray) -> np.ndarray:
     """``values`` in 0..1 to RGB (float, 0..255) by linear interpolation between the ramp's anchors."""
-    pos = np.clip(values, 0.0, 1.0) * (len(_RAMP) - 1)
-    lo = np.floor(pos).astype(int).clip(0, len(_RAMP) - 2)
+    pos = np.clip(values, 0.0, 1.0) * (len(RAMP) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(RAMP) - 2)
     frac = (pos - lo)[..., None]
-    return _RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac
+    return RAMP[lo] * (1 - frac) + RAMP[lo + 1] * frac
 
 
 @functools.cache
@@ -69,7 +70,7 @@ def blend(rgb: np.ndarray | torch.Tensor, amap: np.ndarray | torch.Tensor, scale
                             align_corners=False)[0].round_().clamp_(0, 255).to(torch.uint8)
     m = torch.as_tensor(amap).to(device=device, dtype=torch.float32)
     m = F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
-    steps = (LUT_SIZE - 1) / (2.0 * max(scale, 1e-12))
+    steps = (LUT_SIZE - 1) / (SCALE_SPAN * max(scale, 1e-12))
     index = m.mul_(steps).nan_to_num_(0.0).clamp_(0, LUT_SIZE - 1).add_(0.5).to(torch.int32).view(-1)
     luts = _channel_luts(device)
     colour = torch.empty((3, index.numel()), dtype=torch.uint8, device=device)

@@ -40,6 +40,8 @@ ROW_SCHEMA = pa.schema([
     ("error", pa.string()),
     ("latency_ms", pa.float32()),
     ("map_uri", pa.string()),  # raw anomaly map, float16 .npy at the scored resolution (jobs.score --maps)
+    ("node_id", pa.string()),  # the Ray node that scored the row (null: its unit failed for good)
+    ("worker", pa.string()),  # that worker: "<host>:<pid>", ":gpu<ids>" when it held GPUs
 ])
 
 

@@ -9,8 +9,9 @@ from pipeline.runtime.cluster import (
     worker_resources,
 )
 from pipeline.runtime.launch import run_task, start_gang, training_errors, wait_for_gang
-from pipeline.runtime.pool import WorkerPool, start_error_line
+from pipeline.runtime.placement import NodeCounts, Placement, here, node_metrics
+from pipeline.runtime.pool import Outcome, WorkerPool, start_error_line
 
-__all__ = ["WorkerPool", "decode_threads", "describe", "fitting_workers", "init_ray", "run_task",
-           "setup_worker_threads", "start_error_line", "start_gang", "training_errors", "wait_for_gang",
-           "worker_resources"]
+__all__ = ["NodeCounts", "Outcome", "Placement", "WorkerPool", "decode_threads", "describe", "fitting_workers",
+           "here", "init_ray", "node_metrics", "run_task", "setup_worker_threads", "start_error_line", "start_gang",
+           "training_errors", "wait_for_gang", "worker_resources"]

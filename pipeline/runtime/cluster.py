@@ -29,8 +29,7 @@ def init_ray(settings: RuntimeSettings) -> bool:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            # "local": a runtime of this process's own, never a cluster someone left running on the machine
-            ray.init(address="local", include_dashboard=False, **kwargs)
+            ray.init(address="local", include_dashboard=False, **kwargs)  # never a `ray start` cluster found here
     except Exception as exc:  # noqa: BLE001
         raise SetupError(f"runtime.ray_address={address or '(local)'}: cannot start or reach Ray: {exc}") from exc
     return not address

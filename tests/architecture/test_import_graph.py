@@ -6,88 +6,23 @@ import ast
 from pathlib import Path
 
 from pipeline.detectors.registry import DETECTOR_NAMES
+from tests.helpers.code_shape import _with_parents, cycles, import_graph, module_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _module_level_imports(tree: ast.Module) -> list[str]:
-    """Modules imported when the module itself is imported: top-level statements, not function bodies or
-    ``if TYPE_CHECKING:`` blocks (those run later, or never)."""
-    found: list[str] = []
-
-    def visit(nodes: list[ast.stmt]) -> None:
-        for node in nodes:
-            if isinstance(node, ast.Import):
-                found.extend(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.append(node.module)
-                found.extend(f"{node.module}.{a.name}" for a in node.names)
-            elif isinstance(node, ast.If) and not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
-                visit(node.body)
-                visit(node.orelse)
-            elif isinstance(node, ast.Try):
-                visit(node.body)
-
-    visit(tree.body)
-    return found
-
-
-def import_graph(package: str = "pipeline") -> dict[str, set[str]]:
-    """Module -> the package's modules it imports at import time."""
-    paths = {_module_name(p): p for p in (ROOT / package).rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in paths.items():
-        targets = _module_level_imports(ast.parse(path.read_text()))
-        graph[name] = {t for t in targets if t in paths and t != name}
-    return graph
-
-
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-
-    def connect(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        on_stack.add(node)
-        for nxt in sorted(graph[node]):
-            if nxt not in index:
-                connect(nxt)
-                low[node] = min(low[node], low[nxt])
-            elif nxt in on_stack:
-                low[node] = min(low[node], index[nxt])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                component.append(member)
-                if member == node:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
-
-    for node in sorted(graph):
-        if node not in index:
-            connect(node)
-    return found
-
-
 def test_pipeline_has_no_import_cycle():
-    assert cycles(import_graph()) == []
+    assert cycles(import_graph(ROOT)) == []
+    assert cycles(import_graph(ROOT, deferred=True)) == []  # not even through imports inside functions
 
 
 def test_the_cycle_check_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_a_package_init_counts_for_modules_outside_it():
+    assert _with_parents("p.config.sections", "p.detectors.x.settings") == {"p.config.sections", "p.config"}
+    assert _with_parents("p.results.heatmaps", "p.results.sink") == {"p.results.heatmaps"}
 
 
 def test_drivers_name_no_detector():
@@ -101,3 +36,13 @@ def test_drivers_name_no_detector():
         strings = {n.value.lower() for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
         for name in DETECTOR_NAMES:
             assert not [s for s in strings if name in s.split()], (driver, name)
+
+
+def test_every_package_re_export_resolves_to_its_home():
+    """``from pipeline.<package> import Name`` works for every name a package lists, from the module it names."""
+    import importlib
+
+    for init in sorted((ROOT / "pipeline").rglob("__init__.py")):
+        package = importlib.import_module(module_name(init, ROOT))
+        for name, home in getattr(package, "_HOMES", {}).items():
+            assert getattr(package, name) is getattr(importlib.import_module(home), name), (package.__name__, name)

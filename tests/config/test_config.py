@@ -59,7 +59,7 @@ def test_errors_quote_long_values_clipped_and_list_a_bounded_number(tmp_path):
 
 
 def test_unreachable_s3_fails_fast_naming_the_endpoint():
-    from conftest import free_port
+    from tests.helpers.runs import free_port
 
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens here
     storage = Storage(load_config(FitConfig, None, {

@@ -42,3 +42,42 @@ def test_inctrl_needs_prompts_and_clip_detectors_need_aux():
         load_config(ScoreConfig, None, {"input": "/a", "output": "/b", "detector": "inctrl", "model": "/m.pt"})
     with pytest.raises(ConfigError, match="set aux"):
         load_config(TrainConfig, None, {"detector": "anomalyclip", "model_out": "/m.pt"})
+
+
+def no_ray(*_: object) -> None:
+    raise AssertionError("Ray was started: the check came after work began")
+
+
+def test_prompts_deeper_than_the_text_tower_fail_before_any_work(dataset, tmp_path, capsys, monkeypatch):
+    """Issue 21: ``--clip-arch tiny-vit-test`` with the default prompts failed after 22 s of Ray and data loading."""
+    import pipeline.train
+    from jobs import train
+
+    monkeypatch.setattr(pipeline.train, "init_ray", no_ray)
+    code = train.main(["--detector", "anomalyclip", "--clip-arch", "tiny-vit-test", "--aux", str(dataset),
+                       "--model-out", str(tmp_path / "m.pt"), "--no-tracking", "--workers", "1"])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: clip_arch=tiny-vit-test has 3 text and 4 vision layers: lower anomalyclip.deep_prompt_depth=9 to 3 "
+        "or less; keep anomalyclip.feature_layers=[6, 12, 18, 24] within 1..4 (YAML section anomalyclip:)"]
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_openai_clip_weights_without_network_name_the_file_to_place(dataset, tmp_path, capsys, monkeypatch):
+    """Issue 21: a 1,000-character traceback folded into one line. Now one sentence, before Ray starts."""
+    import huggingface_hub.constants
+
+    import pipeline.train
+    from jobs import train
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network, at once
+    monkeypatch.setattr(pipeline.train, "init_ray", no_ray)
+    code = train.main(["--detector", "anomalyclip", "--clip-weights", "openai", "--aux", str(dataset),
+                       "--model-out", str(tmp_path / "m.pt"), "--no-tracking"])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert code == 2, line
+    assert line == (
+        "error: clip_weights=openai: the openai weights of ViT-L-14-336 are not on this machine and could not be "
+        "downloaded; download https://huggingface.co/timm/vit_large_patch14_clip_336.openai"
+        "/resolve/main/open_clip_pytorch_model.bin where there is network access and give its path or s3:// URI as "
+        "clip_weights (--clip-weights FILE)"), line

@@ -1,6 +1,10 @@
 """jobs.evaluate on synthetic runs (exact numbers) and on one real run scored with --maps."""
 
+import hashlib
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -152,5 +156,51 @@ def test_real_run_scored_with_maps(ray_runtime, dataset, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     ev = client.get_run(printed["mlflow_run_id"])
     assert ev.data.tags["scoring_run_id"] == scoring
+    # the bank's random backbone, recorded by jobs.score in summary.json, heads the evaluation run and its report
+    assert ev.data.tags["random_weights"] == "true" and "Random weights" in ev.data.tags["mlflow.note.content"]
+    assert result["random_weights"] == [f"the resnet18 backbone of bank {tmp_path / 'bank' / 'v0001'} "
+                                        f"(patchcore.weights=none)"]
+    report = (tmp_path / "out" / "r" / "evaluation" / "report.html").read_text()
+    assert report.index('id="random-weights"') < report.index('id="summary"')
     assert ev.data.metrics["aupro"] == pytest.approx(result["aupro"])
     assert "evaluation/report.html" in [a.path for a in client.list_artifacts(ev.info.run_id, "evaluation")]
+
+
+def _files(run: Path) -> dict[str, tuple[int, str]]:
+    """Every file under ``run``: its modification time (ns) and sha256."""
+    return {str(p.relative_to(run)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_mlflow_down_fails_first_in_one_line_and_changes_nothing(dataset, tmp_path):
+    """Issue 21: it ran 250 s, rewrote evaluation.json and report.html, then died with a raw MlflowException."""
+    run = write_run(dataset, tmp_path)
+    assert evaluate(run, str(dataset))[0] == 0
+    before = _files(run)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "jobs.evaluate", "--output", str(run), "--labels", str(dataset),
+                           "--tracking-uri", "http://127.0.0.1:1"], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parent.parent)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: tracking.tracking_uri=http://127.0.0.1:1: MLflow store unreachable"), line
+    assert seconds < 30, f"{seconds:.1f} s"
+    assert _files(run) == before
+
+
+def test_evaluation_without_labels_keeps_a_labelled_one_unless_told_to_replace(dataset, tmp_path, capsys):
+    run = write_run(dataset, tmp_path)
+    code, labelled = evaluate(run, str(dataset))
+    assert code == 0 and labelled["image_auroc"] is not None
+    capsys.readouterr()
+    before = _files(run)
+    assert evaluate_main(["--output", str(run), "--no-tracking"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {run}/evaluation.json holds an evaluation with labels={dataset}; give --labels {dataset} to update "
+        f"it, or --replace to replace it with a report without metrics"]
+    assert _files(run) == before
+    code, replaced = evaluate(run, extra=["--replace"])
+    assert code == 0 and replaced["labels"] is None and "image_auroc" not in replaced
+    code, again = evaluate(run)  # an unlabelled evaluation over an unlabelled one needs no flag
+    assert code == 0

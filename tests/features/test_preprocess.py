@@ -8,7 +8,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from pipeline.detectors.patchcore import preprocess_of
 from pipeline.detectors.patchcore.settings import PatchCoreSettings
-from pipeline.features.preprocess import Preprocess
+from pipeline.features.preprocess import Preprocess, describe_inspected
 
 MODES = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
@@ -42,7 +42,11 @@ def test_uncrop_puts_each_value_back_on_its_pixel(seed):
     assert np.all(back[~inside] == cropped.min())  # the cut-off border: the map's minimum
 
 
-def test_patchcore_defaults_are_the_official_resize_256_crop_224():
-    prep = preprocess_of(PatchCoreSettings())
-    assert (prep.size, prep.input_size, prep.interpolation) == (256, 224, "bilinear")
-    assert preprocess_of(PatchCoreSettings(image_size=64, crop_fraction=1.0)).crop is None
+def test_patchcore_fits_score_the_whole_image_by_default_and_0875_is_the_official_crop():
+    whole = preprocess_of(PatchCoreSettings())
+    assert (whole.size, whole.crop, whole.inspected_fraction) == (256, None, 1.0)
+    official = preprocess_of(PatchCoreSettings(crop_fraction=0.875))  # the paper's resize 256, crop 224
+    assert (official.size, official.input_size, official.interpolation) == (256, 224, "bilinear")
+    assert official.inspected_fraction == 0.875
+    assert describe_inspected(1.0) == "the whole of each image is inspected"
+    assert "outer 6.25 % of every edge is never scored" in describe_inspected(0.875)

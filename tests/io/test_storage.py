@@ -377,3 +377,23 @@ def test_only_the_orphaned_upload_task_report_is_silenced(caplog):
         gc.collect()
     reported = [r.exc_info[1] for r in caplog.records if r.exc_info]
     assert [type(e).__name__ for e in reported] == ["ValueError"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_written_files_follow_the_umask_as_open_does(tmp_path, umask):
+    """Banks and results on a shared disk must be readable by whoever the umask lets read them
+    (``mkstemp`` made every file 0600, and the atomic rename kept it)."""
+    previous = os.umask(umask)
+    try:
+        storage = Storage(StorageSettings())
+        storage.write_bytes(str(tmp_path / "new" / "part.parquet"), b"rows")
+        storage.write_bytes(str(tmp_path / "new" / "part.parquet"), b"rows again")  # replacing keeps the rule
+        with open(tmp_path / "by-open", "wb") as fh:
+            fh.write(b"x")
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    assert os.stat(tmp_path / "by-open").st_mode & 0o777 == expected
+    assert os.stat(tmp_path / "new" / "part.parquet").st_mode & 0o777 == expected
+    assert os.stat(tmp_path / "new").st_mode & 0o777 == 0o777 & ~umask
+    assert sorted(os.listdir(tmp_path / "new")) == ["part.parquet"]  # no temporary file left behind

@@ -55,8 +55,11 @@ def test_broken_videos_raise_with_a_reason_after_keeping_decoded_frames(tmp_path
             kept.append(frame.index)
     assert kept and kept == list(range(len(kept)))
     (tmp_path / "zero.mp4").write_bytes(b"")
-    with pytest.raises(VideoError, match="not a decodable video"):
+    with pytest.raises(VideoError, match=r"^empty file \(0 bytes\)$"):
         probe(STORAGE, str(tmp_path / "zero.mp4"))
+    (tmp_path / "junk.mp4").write_bytes(b"not a video " * 100)
+    with pytest.raises(VideoError, match="not a decodable video"):
+        probe(STORAGE, str(tmp_path / "junk.mp4"))
 
 
 def test_video_archive_scored_end_to_end_with_segments_and_frame_auc(ray_runtime, tmp_path, capsys):
@@ -183,7 +186,7 @@ def test_a_video_that_cannot_be_opened_gives_one_error_without_frame_index(tmp_p
     decoded, failed = run_units(units)
     assert len(units) == 1 and not decoded
     (error,) = failed
-    assert error.frame_index is None and "not a decodable video" in error.error
+    assert error.frame_index is None and error.error == "empty file (0 bytes)"
 
 
 def naive_moving_average(values: np.ndarray, window: int) -> np.ndarray:

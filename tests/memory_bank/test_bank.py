@@ -3,6 +3,7 @@ import pytest
 
 from pipeline.config import FitConfig, StorageSettings
 from pipeline.detectors.patchcore.fit import run_fit
+from pipeline.detectors.patchcore.settings import PatchCoreSettings
 from pipeline.io.storage import Storage
 from pipeline.memory_bank.bank import (
     BankMetadata,
@@ -17,12 +18,13 @@ from tests.helpers.runs import small_patchcore
 STORAGE = Storage(StorageSettings())
 
 
-def tiny_meta(**extra) -> BankMetadata:
-    return BankMetadata(created_at="t", normal_uri="n", backbone="resnet18", weights="none", weights_fingerprint="f",
-                        seed=0, layers=["layer2"], image_size=64, pretrain_embed_dim=8, embed_dim=8, grid=(8, 8),
-                        coreset_ratio=0.1, coreset_projection_dim=0, num_neighbors=1, reweight=False, sigma=4,
+def tiny_meta(**settings) -> BankMetadata:
+    patchcore = PatchCoreSettings(layers=["layer2"], image_size=64, pretrain_embed_dim=8, embed_dim=8,
+                                  coreset_ratio=0.1, coreset_projection_dim=0, num_neighbors=1, sigma=4
+                                  ).model_copy(update=settings)
+    return BankMetadata(created_at="t", normal_uri="n", patchcore=patchcore, weights_fingerprint="f", grid=(8, 8),
                         n_images=1, n_errors=0, n_patches=64, n_bank=6, n_shards=1, threshold=None, calibration={},
-                        fingerprint="sha256:0") .model_copy(update=extra)
+                        fingerprint="sha256:0")
 
 
 def test_bank_versions_count_up_for_relative_and_file_uris(tmp_path, monkeypatch):
@@ -82,8 +84,8 @@ def test_incremental_update_extends_a_bank_with_lineage(ray_runtime, dataset, tm
                                                                         if k != "patchcore"}))
     assert (first["version"], update["version"], update["parent"]) == ("v0001", "v0002", "v0001")
     meta = load_metadata(STORAGE, f"{bank}/v0002")
-    assert meta.image_size == 64  # feature settings come from the parent, not the flags
-    assert meta.n_images == 12 + 4 and meta.n_patches == (12 + 4) * 7 * 7  # 64 px, centre crop 56, stride 8
+    assert meta.patchcore.image_size == 64  # feature settings come from the parent, not the flags
+    assert meta.n_images == 12 + 4 and meta.n_patches == (12 + 4) * 8 * 8  # 64 px, whole image, stride 8
     assert meta.n_bank == round(0.1 * meta.n_patches + 0.5)
     assert [e.version for e in meta.lineage] == ["v0001", "v0002"]
     assert meta.lineage[1].normal_uri.endswith("test/good")

@@ -1,12 +1,8 @@
-"""AnomalyCLIP (Zhou et al., ICLR 2024): zero-shot, object-agnostic learnable prompts over a frozen CLIP with DPAM.
-
-Public names are re-exported here and imported on first use (PEP 562), so the registry and the command
-lines can name a detector's settings without loading torch or the models."""
+"""AnomalyCLIP (Zhou et al., ICLR 2024): zero-shot, object-agnostic learnable prompts over a frozen CLIP with DPAM."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipeline.lazy_exports import lazy_exports
 
 _HOMES = {
     "AnomalyCLIPDetector": "pipeline.detectors.anomalyclip.detector",
@@ -35,12 +31,4 @@ _HOMES = {
     "vv_attention": "pipeline.detectors.anomalyclip.detector",
 }
 
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _HOMES)

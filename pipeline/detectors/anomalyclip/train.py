@@ -21,8 +21,10 @@ from pipeline.detectors.anomalyclip.detector import (
     similarity_maps,
 )
 from pipeline.detectors.anomalyclip.settings import AnomalyCLIPSettings
-from pipeline.detectors.components import clip_training_inputs
-from pipeline.features.clip import normalize
+from pipeline.detectors.components import check_clip_training, clip_training_inputs
+from pipeline.errors import ConfigError
+from pipeline.features.clip import normalize, tower_layers
+from pipeline.io.storage import Storage
 from pipeline.runtime import run_task
 
 if TYPE_CHECKING:
@@ -105,3 +107,19 @@ def _anomalyclip_task(cfg: TrainConfig) -> dict[str, Any]:
 
 def run(cfg: TrainConfig, local: bool) -> dict[str, Any]:
     return run_task(_anomalyclip_task, cfg.runtime, local, cfg)
+
+
+def check(cfg: TrainConfig, storage: Storage) -> None:
+    """On the driver, before Ray starts: prompts and feature layers that the CLIP towers cannot hold, in one line
+    naming each setting to lower; then the weights (see :func:`check_clip_training`)."""
+    settings = cfg.detector_settings()
+    vision, text = tower_layers(settings.clip_arch)
+    fixes = []
+    if settings.deep_prompt_depth > text:
+        fixes.append(f"lower anomalyclip.deep_prompt_depth={settings.deep_prompt_depth} to {text} or less")
+    if max(settings.feature_layers) > vision:
+        fixes.append(f"keep anomalyclip.feature_layers={settings.feature_layers} within 1..{vision}")
+    if fixes:
+        raise ConfigError(f"clip_arch={settings.clip_arch} has {text} text and {vision} vision layers: "
+                          f"{'; '.join(fixes)} (YAML section anomalyclip:)")
+    check_clip_training(cfg, storage)

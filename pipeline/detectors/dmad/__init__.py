@@ -1,13 +1,12 @@
 """DMAD (Liu et al., CVPR 2023): reconstruction through a VQ codebook with a pyramid deformation module;
 video and image variants.
 
-Public names are re-exported here and imported on first use (PEP 562), so the registry and the command
-lines can name a detector's settings without loading torch or the models."""
+``losses`` and ``smoothness`` exist in both variants' modules (``image_model``, ``video_model``): import them
+from there."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipeline.lazy_exports import lazy_exports
 
 _HOMES = {
     "ALLOWED": "pipeline.detectors.dmad.unpickle",
@@ -19,11 +18,10 @@ _HOMES = {
     "COORD_CELLS": "pipeline.detectors.dmad.video_model",
     "Codebook": "pipeline.detectors.dmad.video_model",
     "Component": "pipeline.detectors.dmad.settings",
-    "CoordConv": "pipeline.detectors.dmad.image_model",
+    "CoordConv": "pipeline.detectors.dmad.blocks",
     "DMADDetector": "pipeline.detectors.dmad.detector",
     "DMADSettings": "pipeline.detectors.dmad.settings",
     "DMADTrainWorker": "pipeline.detectors.dmad.train",
-    "Decoder": "pipeline.detectors.dmad.image_model",
     "Deformation": "pipeline.detectors.dmad.image_model",
     "Encoder": "pipeline.detectors.dmad.video_model",
     "FINE_SCALE": "pipeline.detectors.dmad.image_model",
@@ -33,7 +31,9 @@ _HOMES = {
     "GEOMETRIC_CLASSES": "pipeline.detectors.dmad.importer",
     "IMAGE_PARTS": "pipeline.detectors.dmad.importer",
     "ImageDMAD": "pipeline.detectors.dmad.image_model",
+    "ImageDecoder": "pipeline.detectors.dmad.image_model",
     "ImageForward": "pipeline.detectors.dmad.image_model",
+    "ImageOffsetNet": "pipeline.detectors.dmad.image_model",
     "ImageScores": "pipeline.detectors.dmad.image_model",
     "LAYERS": "pipeline.detectors.dmad.image_model",
     "Layout": "pipeline.detectors.dmad.settings",
@@ -41,9 +41,8 @@ _HOMES = {
     "OCBE": "pipeline.detectors.dmad.image_model",
     "OFFICIAL_ALPHA": "pipeline.detectors.dmad.settings",
     "OFFICIAL_MODULE": "pipeline.detectors.dmad.unpickle",
-    "OffsetNet": "pipeline.detectors.dmad.image_model",
     "RELEASED_IMAGE_NAME": "pipeline.detectors.dmad.importer",
-    "ResidualBlock": "pipeline.detectors.dmad.image_model",
+    "ResidualBlock": "pipeline.detectors.dmad.blocks",
     "SKIPS": "pipeline.detectors.dmad.importer",
     "UNUSED_IMAGE_WEIGHTS": "pipeline.detectors.dmad.importer",
     "Unpickler": "pipeline.detectors.dmad.unpickle",
@@ -51,6 +50,8 @@ _HOMES = {
     "VIDEO_FORMAT_2": "pipeline.detectors.dmad.detector",
     "VectorQuantizer": "pipeline.detectors.dmad.image_model",
     "VideoDMAD": "pipeline.detectors.dmad.video_model",
+    "VideoDecoder": "pipeline.detectors.dmad.video_model",
+    "VideoOffsetNet": "pipeline.detectors.dmad.video_model",
     "VideoOutput": "pipeline.detectors.dmad.video_model",
     "WIDE_RESNET50_CHANNELS": "pipeline.detectors.dmad.importer",
     "anomaly_map": "pipeline.detectors.dmad.image_model",
@@ -70,13 +71,13 @@ _HOMES = {
     "gradient_difference": "pipeline.detectors.dmad.video_model",
     "head": "pipeline.detectors.dmad.video_model",
     "identity_grid": "pipeline.detectors.dmad.image_model",
+    "image_coordinates": "pipeline.detectors.dmad.image_model",
     "image_losses": "pipeline.detectors.dmad.detector",
     "image_scores": "pipeline.detectors.dmad.detector",
     "infer_layout": "pipeline.detectors.dmad.importer",
     "length": "pipeline.detectors.dmad.image_model",
     "load_checkpoint": "pipeline.detectors.dmad.detector",
     "load_for_score": "pipeline.detectors.dmad.detector",
-    "losses": "pipeline.detectors.dmad.image_model",
     "main": "pipeline.detectors.dmad.unpickle",
     "make_optimizer": "pipeline.detectors.dmad.train",
     "normalise": "pipeline.detectors.dmad.detector",
@@ -88,11 +89,10 @@ _HOMES = {
     "read_image_release": "pipeline.detectors.dmad.importer",
     "reconstruction_loss": "pipeline.detectors.dmad.image_model",
     "run": "pipeline.detectors.dmad.train",
-    "sample": "pipeline.detectors.dmad.image_model",
+    "sample": "pipeline.detectors.dmad.blocks",
     "save_checkpoint": "pipeline.detectors.dmad.detector",
     "scene_of": "pipeline.detectors.dmad.video_model",
     "score_images": "pipeline.detectors.dmad.image_model",
-    "smoothness": "pipeline.detectors.dmad.image_model",
     "split_windows": "pipeline.detectors.dmad.detector",
     "to_model_space": "pipeline.detectors.dmad.video_model",
     "train_dmad": "pipeline.detectors.dmad.train",
@@ -101,16 +101,9 @@ _HOMES = {
     "unpickle_in_subprocess": "pipeline.detectors.dmad.importer",
     "up_block": "pipeline.detectors.dmad.video_model",
     "video_background": "pipeline.detectors.dmad.detector",
+    "video_coordinates": "pipeline.detectors.dmad.video_model",
     "video_frame_scores": "pipeline.detectors.dmad.detector",
     "video_losses": "pipeline.detectors.dmad.detector",
 }
 
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _HOMES)

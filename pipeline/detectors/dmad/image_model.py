@@ -2,7 +2,7 @@
 
 The network, as the official ``resnet.py`` / ``de_resnet.py`` / ``test.py`` / ``Train_mvtec.py`` build and use it:
 
-- :class:`OffsetNet`: CoordConv trunk; a coarse (1/8) and a fine (1/2) offset field warp the normalised image
+- :class:`ImageOffsetNet`: CoordConv trunk; a coarse (1/8) and a fine (1/2) offset field warp the normalised image
   twice in sequence (``grid_sample``, zeros padding, grids clamped to [-1, 1]); a second, learnt pair of fields
   (the "inverse" offsets) warps the anomaly map back. Offsets are in ``grid_sample`` units, bounded by tanh times
   8/128 (coarse) and 3/128 (fine), as official.
@@ -11,7 +11,7 @@ The network, as the official ``resnet.py`` / ``de_resnet.py`` / ``test.py`` / ``
 - :class:`OCBE`: RD4AD's one-class bottleneck in the official VQ version: the raw layer3 features are quantised by a
   200-code book, each level is reduced by a 3x3 conv, layer1/layer2 are strided down to layer3's size, and all four
   are concatenated into three (wide) bottleneck blocks at 1/32.
-- :class:`Decoder`: the de-WideResNet50 (transposed-conv bottleneck blocks) reconstructing layer3, layer2, layer1.
+- :class:`ImageDecoder`: the de-WideResNet50 (transposed-conv bottleneck blocks) reconstructing layer3, layer2, layer1.
 
 Anomaly map (official ``evaluation`` with ``cal_anomaly_map(..., amap_mode='a')``): ``1 - cos`` per level, upsampled
 bilinearly (align_corners) to the input size and summed, warped back by the inverse fine then coarse grids, and
@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
+from pipeline.detectors.dmad.blocks import CoordConv, ResidualBlock, sample
 from pipeline.features.preprocess import gaussian_blur
 
 LAYERS = ["layer1", "layer2", "layer3"]
@@ -69,28 +70,9 @@ def coordinate_channels(n: int, reduction: int = 4) -> Tensor:
     return torch.stack([*rows, *cols])
 
 
-class CoordConv(nn.Module):
-    """A 3x3 convolution over the input plus :func:`coordinate_channels` (official ``CoordConv2d``, r=4)."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.conv = nn.Conv2d(cin + 4, cout, 3, 1, 1, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        coords = coordinate_channels(x.shape[-1]).to(x).expand(x.shape[0], -1, -1, -1)
-        return self.conv(torch.cat([x, coords], dim=1))
-
-
-class ResidualBlock(nn.Module):
-    """Official ``OffsetNet.ResBlock`` with batch norm: ``x + conv1x1(relu(bn(conv3x3(relu(x)))))``."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.convs = nn.Sequential(nn.ReLU(), nn.Conv2d(width, width, 3, 1, 1), nn.BatchNorm2d(width), nn.ReLU(),
-                                   nn.Conv2d(width, width, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.convs(x)
+def image_coordinates(x: Tensor) -> Tensor:
+    """The image variant's coordinate channels for a square input ``x``."""
+    return coordinate_channels(x.shape[-1]).to(x)
 
 
 def offset_head(width: int, strides: int) -> nn.Sequential:
@@ -107,10 +89,6 @@ def identity_grid(batch: int, n: int, like: Tensor) -> Tensor:
     line = torch.linspace(-1, 1, n, dtype=torch.float32).to(like)
     ys, xs = torch.meshgrid(line, line, indexing="ij")
     return torch.stack([xs, ys], dim=-1).expand(batch, n, n, 2)
-
-
-def sample(x: Tensor, grid: Tensor) -> Tensor:
-    return F.grid_sample(x, grid, align_corners=True)
 
 
 def smoothness(field: Tensor) -> Tensor:
@@ -150,13 +128,14 @@ def length(offsets: Tensor) -> Tensor:
     return (offsets ** 2).sum(dim=-1) ** 0.5
 
 
-class OffsetNet(nn.Module):
+class ImageOffsetNet(nn.Module):
     """The official learnt deformation: coarse and fine forward offsets and their learnt inverses."""
 
     def __init__(self, width: int = 64):
         super().__init__()
-        self.conv_offset1 = nn.Sequential(CoordConv(3, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                                          CoordConv(width, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.conv_offset1 = nn.Sequential(
+            CoordConv(3, width, image_coordinates), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            CoordConv(width, width, image_coordinates), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         self.conv_offset2 = nn.Sequential(ResidualBlock(width), nn.BatchNorm2d(width))
         self.conv_offset3 = offset_head(width, 1)
         self.conv_offset4 = offset_head(width, 3)
@@ -258,7 +237,7 @@ class UpBottleneck(nn.Module):
         return self.relu(out + (x if self.upsample is None else self.upsample(x)))
 
 
-class Decoder(nn.Module):
+class ImageDecoder(nn.Module):
     """de-WideResNet50 (official ``de_wide_resnet50_2``): 3, 4 and 6 up-blocks back to layer3, layer2, layer1."""
 
     def __init__(self, channels: list[int]):
@@ -306,9 +285,9 @@ class ImageDMAD(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.backbone_fingerprint = fingerprint
-        self.offset = OffsetNet(offset_channels)
+        self.offset = ImageOffsetNet(offset_channels)
         self.bn = OCBE(channels, codebook_size)
-        self.decoder = Decoder(channels)
+        self.decoder = ImageDecoder(channels)
 
     def train(self, mode: bool = True) -> ImageDMAD:
         super().train(mode)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, field_validator, model_validator
 
@@ -94,3 +94,11 @@ class DMADSettings(BaseModel):
     def score_weights(self) -> dict[str, float]:
         """The frame score's component weights: ``alpha``, or the official ones for the layout."""
         return dict(self.alpha) if self.alpha is not None else dict(OFFICIAL_ALPHA[self.layout])
+
+
+def random_weights(settings: dict[str, Any], cfg: Any) -> tuple[str, ...]:
+    """The image variant's frozen encoder, when its checkpoint was trained on a random one (``weights`` none);
+    the video variant trains all its weights."""
+    if settings.get("variant") == "image" and settings.get("weights") == "none":
+        return (f"DMAD's frozen {settings.get('backbone')} image encoder (dmad.weights=none)",)
+    return ()

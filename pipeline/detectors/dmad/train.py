@@ -8,6 +8,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -30,6 +31,8 @@ from pipeline.detectors.dmad.detector import (
 )
 from pipeline.detectors.dmad.settings import DMADSettings
 from pipeline.detectors.dmad.video_model import BACKGROUND_LR_SCALE, VideoDMAD, scene_of
+from pipeline.errors import SetupError, WeightsError
+from pipeline.features.backbones import is_torchvision, load_state_dict, torchvision_weights
 from pipeline.features.preprocess import Preprocess
 from pipeline.io.batches import iter_batches
 from pipeline.io.sources import Listing, list_inputs, plan_units, plan_video_units
@@ -38,6 +41,8 @@ from pipeline.runtime import setup_worker_threads, start_gang, training_errors
 
 if TYPE_CHECKING:
     from pipeline.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def make_optimizer(model: nn.Module, settings: DMADSettings) -> torch.optim.Optimizer:
@@ -208,3 +213,23 @@ def run(cfg: TrainConfig, local: bool) -> dict[str, Any]:
         for w in workers:
             ray.kill(w)
     return results[0] | {"startup_s": startup_s, "train_s": train_s, "n_samples": n_samples}
+
+
+def check(cfg: TrainConfig, storage: Storage) -> None:
+    """On the driver, before Ray starts: the image variant's frozen encoder weights can be named and read, and a
+    random encoder is warned about (the video variant learns all its weights, as the official code does)."""
+    settings = cfg.detector_settings()
+    if settings.variant != "image":
+        return
+    if settings.weights == "none":
+        log.warning("dmad.weights=none: the image variant's frozen %s encoder is randomly initialised, so this "
+                    "model's scores mean nothing about real anomalies (fine for tests and demos; set "
+                    "dmad.weights to torchvision or a weights file for real use)", settings.backbone)
+        return
+    try:
+        if is_torchvision(settings.weights):
+            torchvision_weights(settings.backbone, settings.weights)
+        else:
+            load_state_dict(storage, settings.weights)
+    except WeightsError as exc:
+        raise SetupError(str(exc).replace("patchcore.weights", "dmad.weights")) from exc  # the loader's wording

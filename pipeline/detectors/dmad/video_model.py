@@ -64,6 +64,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor, nn
 
+from pipeline.detectors.dmad.blocks import CoordConv, ResidualBlock, sample
+
 if TYPE_CHECKING:
     from pipeline.detectors.dmad.settings import DMADSettings
 
@@ -113,23 +115,15 @@ def coord_channels(h: int, w: int, device: torch.device, dtype: torch.dtype) -> 
     return torch.stack([rows[0], rows[1], cols[0], cols[1]]).unsqueeze(0).to(device, dtype)
 
 
-class CoordConv(nn.Module):
-    """A 3x3 convolution (no bias) that also sees :func:`coord_channels`."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.conv = nn.Conv2d(cin + 4, cout, 3, padding=1, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, _, h, w = x.shape
-        coords = coord_channels(h, w, x.device, x.dtype).expand(b, -1, -1, -1)
-        return self.conv(torch.cat([x, coords], dim=1))
+def video_coordinates(x: Tensor) -> Tensor:
+    """The video variant's coordinate channels (:func:`coord_channels`) for ``x``."""
+    return coord_channels(x.shape[-2], x.shape[-1], x.device, x.dtype)
 
 
 def double_conv(cin: int, cout: int, coords: bool = False) -> nn.Sequential:
     """(conv 3x3 -> BN -> ReLU) twice."""
     def conv(i: int, o: int) -> nn.Module:
-        return CoordConv(i, o) if coords else nn.Conv2d(i, o, 3, padding=1, bias=False)
+        return CoordConv(i, o, video_coordinates) if coords else nn.Conv2d(i, o, 3, padding=1, bias=False)
     return nn.Sequential(conv(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
                          conv(cout, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
@@ -145,16 +139,6 @@ def head(cin: int, cout: int, width: int, activation: nn.Module) -> nn.Sequentia
     return nn.Sequential(nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
                          nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
                          nn.ReLU(inplace=True), nn.Conv2d(width, cout, 3, padding=1), activation)
-
-
-class ResidualBlock(nn.Module):
-    def __init__(self, width: int):
-        super().__init__()
-        self.convs = nn.Sequential(nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                   nn.Conv2d(width, width, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.convs(x)
 
 
 class Codebook(nn.Module):
@@ -203,7 +187,7 @@ class Encoder(nn.Module):
         return f4, self.skip3(f3.detach()), self.skip4(f4.detach()), mask
 
 
-class Decoder(nn.Module):
+class VideoDecoder(nn.Module):
     def __init__(self, dim: int, skip: int, frame_mask: bool):
         super().__init__()
         c = dim // 8
@@ -223,14 +207,15 @@ class Decoder(nn.Module):
         return self.head(x), (self.mask_head(x) if hasattr(self, "mask_head") else None)
 
 
-class OffsetNet(nn.Module):
+class VideoOffsetNet(nn.Module):
     """Two offset fields in the official grid units (``2 * pixels / width``), bounded by tanh: ``coarse`` (first
     warp) and ``fine`` (second warp), both upsampled to the frame; and the sampling grids they give."""
 
     def __init__(self, cin: int, width: int, spec: LayoutSpec, max_coarse: float, max_fine: float):
         super().__init__()
-        self.trunk = nn.Sequential(CoordConv(cin, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                                   CoordConv(width, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.trunk = nn.Sequential(
+            CoordConv(cin, width, video_coordinates), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            CoordConv(width, width, video_coordinates), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         self.residual = nn.Sequential(ResidualBlock(width), nn.BatchNorm2d(width))
         s = spec.fine_strides
         self.fine = nn.Sequential(nn.Conv2d(2 * width, width, 3, s[0], 1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
@@ -255,10 +240,6 @@ class OffsetNet(nn.Module):
         grid = torch.stack([xs, ys], dim=-1)
         coarse, fine = offsets
         return (grid + coarse).clamp(-1, 1), (grid + fine).clamp(-1, 1), coarse, fine
-
-
-def sample(x: Tensor, grid: Tensor) -> Tensor:
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 @dataclass
@@ -286,8 +267,8 @@ class VideoDMAD(nn.Module):
         cin = 3 * s.in_frames + (0 if frame_mask else 3)  # shanghai also sees its scene's background
         self.encoder = Encoder(cin, s.code_dim, s.skip_channels, frame_mask)
         self.vq = Codebook(s.codebook_size, s.code_dim, s.beta)
-        self.decoder = Decoder(s.code_dim, s.skip_channels, frame_mask)
-        self.offset_net = OffsetNet(cin, s.offset_channels, self.spec, s.max_offset_coarse, s.max_offset_fine)
+        self.decoder = VideoDecoder(s.code_dim, s.skip_channels, frame_mask)
+        self.offset_net = VideoOffsetNet(cin, s.offset_channels, self.spec, s.max_offset_coarse, s.max_offset_fine)
         self.background = nn.Parameter(torch.zeros(s.scenes, 3, s.image_size, s.image_size))
 
     def forward(self, past: Tensor, scene: Tensor | None = None) -> VideoOutput:

@@ -1,12 +1,8 @@
-"""InCTRL (Zhu and Pang, CVPR 2024): few-shot, CLIP in-context residuals between a query and a few normal prompts.
-
-Public names are re-exported here and imported on first use (PEP 562), so the registry and the command
-lines can name a detector's settings without loading torch or the models."""
+"""InCTRL (Zhu and Pang, CVPR 2024): few-shot, CLIP in-context residuals between a query and a few normal prompts."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipeline.lazy_exports import lazy_exports
 
 _HOMES = {
     "ANOMALOUS_STATES": "pipeline.detectors.inctrl.settings",
@@ -54,12 +50,4 @@ _HOMES = {
     "train_inctrl": "pipeline.detectors.inctrl.train",
 }
 
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _HOMES)

@@ -1,12 +1,8 @@
-"""PatchCore (Roth et al., CVPR 2022): a memory bank of locally aware patch features, a greedy coreset, kNN scoring.
-
-Public names are re-exported here and imported on first use (PEP 562), so the registry and the command
-lines can name a detector's settings without loading torch or the models."""
+"""PatchCore (Roth et al., CVPR 2022): a memory bank of locally aware patch features, a greedy coreset, kNN scoring."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipeline.lazy_exports import lazy_exports
 
 _HOMES = {
     "BACKBONES": "pipeline.detectors.patchcore.importer",
@@ -23,6 +19,7 @@ _HOMES = {
     "PatchCoreSettings": "pipeline.detectors.patchcore.settings",
     "PlainUnpickler": "pipeline.detectors.patchcore.importer",
     "RELIABLE_CALIBRATION_IMAGES": "pipeline.detectors.patchcore.fit",
+    "Round1": "pipeline.detectors.patchcore.fit",
     "build_embedder": "pipeline.detectors.patchcore.detector",
     "convert": "pipeline.detectors.patchcore.importer",
     "load_for_score": "pipeline.detectors.patchcore.detector",
@@ -31,16 +28,7 @@ _HOMES = {
     "read_params": "pipeline.detectors.patchcore.importer",
     "resolve_bank": "pipeline.detectors.patchcore.detector",
     "run_fit": "pipeline.detectors.patchcore.fit",
-    "settings_from_metadata": "pipeline.detectors.patchcore.detector",
     "split_calibration": "pipeline.detectors.patchcore.fit",
 }
 
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _HOMES)

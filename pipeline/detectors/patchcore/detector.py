@@ -42,7 +42,7 @@ from pipeline.features.patch_embedding import PatchEmbedder
 from pipeline.features.preprocess import Preprocess, gaussian_blur
 from pipeline.io.storage import Storage
 from pipeline.memory_bank.bank import BankMetadata, load_index, load_metadata, resolve_bank_uri
-from pipeline.memory_bank.knn import NearestNeighbours, build_knn, resolve_engine
+from pipeline.memory_bank.knn import NearestNeighbours, build_knn, resolve_knn_engine
 
 
 def build_embedder(settings: PatchCoreSettings, storage: Storage, device: str = "cpu",
@@ -56,20 +56,9 @@ def build_embedder(settings: PatchCoreSettings, storage: Storage, device: str = 
     return embedder.to(device).eval(), weights_fingerprint
 
 
-def preprocess_of(settings: PatchCoreSettings | BankMetadata) -> Preprocess:
+def preprocess_of(settings: PatchCoreSettings) -> Preprocess:
     """The resize and centred crop a bank's images get (at fit, calibration and score alike)."""
     return Preprocess.from_fraction(settings.image_size, settings.crop_fraction, settings.interpolation)
-
-
-def settings_from_metadata(meta: BankMetadata) -> PatchCoreSettings:
-    return PatchCoreSettings(
-        backbone=meta.backbone, weights=meta.weights, seed=meta.seed, layers=meta.layers,
-        image_size=meta.image_size, crop_fraction=meta.crop_fraction,
-        interpolation=meta.interpolation, pretrain_embed_dim=meta.pretrain_embed_dim, embed_dim=meta.embed_dim,
-        patchsize=meta.patchsize, anomaly_scorer_num_nn=meta.anomaly_scorer_num_nn,
-        coreset_ratio=meta.coreset_ratio, coreset_projection_dim=meta.coreset_projection_dim,
-        num_neighbors=meta.num_neighbors, reweight=meta.reweight, sigma=meta.sigma, precision=meta.precision,
-    )
 
 
 def resolve_bank(storage: Storage, cfg: ScoreConfig) -> ModelRef:
@@ -77,11 +66,12 @@ def resolve_bank(storage: Storage, cfg: ScoreConfig) -> ModelRef:
     storage.check_reachable(cfg.bank, "bank")
     uri = resolve_bank_uri(storage, cfg.bank, cfg.bank_version)
     meta = load_metadata(storage, uri)
-    warning = (f"the bank {uri} was fitted on a randomly initialised backbone (patchcore.weights=none): "
-               "its scores mean nothing about real anomalies") if meta.weights == "none" else None
+    pc = meta.patchcore
+    random = (f"the {pc.backbone} backbone of bank {uri} (patchcore.weights=none)",) if pc.weights == "none" else ()
     return ModelRef(uri, f"{meta.version}:{meta.fingerprint[:19]}", meta.threshold,
-                    {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint, "bank.weights": meta.weights},
-                    meta.model_dump_json(indent=2).encode(), metadata_name="bank.json", warning=warning)
+                    {"bank.version": meta.version, "bank.fingerprint": meta.fingerprint, "bank.weights": pc.weights},
+                    meta.model_dump_json(indent=2).encode(), metadata_name="bank.json", random_weights=random,
+                    inspected_fraction=preprocess_of(pc).inspected_fraction)
 
 
 def load_for_score(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> PatchCoreDetector:
@@ -103,21 +93,21 @@ class PatchCoreDetector:
         self.device = device
         self.version = f"{meta.version}:{meta.fingerprint[:19]}"
         self.threshold = meta.threshold
-        self.preprocess = preprocess_of(meta)
+        self.preprocess = preprocess_of(meta.patchcore)
 
     @classmethod
     def load(cls, storage: Storage, bank: str, version: str | None = None, device: str = "cpu",
              engine: str = "auto", precision: str | None = None) -> PatchCoreDetector:
         uri = resolve_bank_uri(storage, bank, version)
         meta = load_metadata(storage, uri)
-        embedder, weights_fingerprint = build_embedder(settings_from_metadata(meta), storage, device,
+        embedder, weights_fingerprint = build_embedder(meta.patchcore, storage, device,
                                                        meta.bn_shift_input)
         if weights_fingerprint != meta.weights_fingerprint:
             raise ValueError(
-                f"bank {uri}: backbone weights {meta.weights} now have fingerprint {weights_fingerprint}, "
+                f"bank {uri}: backbone weights {meta.patchcore.weights} now have fingerprint {weights_fingerprint}, "
                 f"the bank was built with {meta.weights_fingerprint}"
             )
-        use_faiss_gpu = resolve_engine(engine, device) == "faiss" and device.startswith("cuda")
+        use_faiss_gpu = resolve_knn_engine(engine, device) == "faiss" and device.startswith("cuda")
         index = load_index(storage, uri, meta, use_gpu=use_faiss_gpu)
         return cls(embedder, build_knn(index, engine, device, precision), meta, device)
 
@@ -130,7 +120,7 @@ class PatchCoreDetector:
             dist, ids = self.knn.search(feats.reshape(b * h * w, -1), 1)
             scores = dist[:, 0]
         else:
-            dist, ids = self.knn.search(feats.reshape(b * h * w, -1), min(self.meta.anomaly_scorer_num_nn,
+            dist, ids = self.knn.search(feats.reshape(b * h * w, -1), min(self.meta.patchcore.anomaly_scorer_num_nn,
                                                                           self.knn.ntotal))
             scores = dist.square().mean(dim=1)
         return scores.reshape(b, h, w), ids[:, 0].reshape(b, h * w), feats
@@ -143,7 +133,7 @@ class PatchCoreDetector:
         worst = flat_raw.argmax(dim=1)
         m_test = feats[rows, worst]  # [B, E]
         m_star = self.knn.reconstruct(nn_ids[rows, worst]).to(m_test.device)
-        k = min(self.meta.num_neighbors, self.knn.ntotal)
+        k = min(self.meta.patchcore.num_neighbors, self.knn.ntotal)
         _, support = self.knn.search(m_star, k)  # [B, k], includes m* itself
         neighbours = self.knn.reconstruct(support.reshape(-1)).to(m_test.device).reshape(b, k, -1)
         d = torch.linalg.vector_norm(neighbours - m_test[:, None], dim=-1)
@@ -151,10 +141,10 @@ class PatchCoreDetector:
 
     def score(self, images: torch.Tensor) -> ScoreBatch:
         raw, nn_ids, feats = self.patch_scores(images)
-        if self.meta.reweight:
+        if self.meta.patchcore.reweight:
             scores = self._reweighted(raw, nn_ids, feats)
         else:
             scores = raw.reshape(raw.shape[0], -1).amax(dim=1)
         maps = F.interpolate(raw.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        maps = gaussian_blur(maps, self.meta.sigma)
+        maps = gaussian_blur(maps, self.meta.patchcore.sigma)
         return ScoreBatch(scores=scores.float().cpu().numpy(), maps=maps.float().cpu().numpy())

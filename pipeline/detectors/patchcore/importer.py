@@ -32,6 +32,7 @@ import torch
 import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from pipeline.detectors.patchcore.settings import PatchCoreSettings
 from pipeline.errors import ConfigError
 from pipeline.features.backbones import PAPER_TORCHVISION_WEIGHTS
 from pipeline.io.storage import Storage
@@ -140,11 +141,12 @@ def convert(source: pathlib.Path, out: str, storage: Storage) -> dict[str, Any]:
     weights = f"torchvision:{PAPER_TORCHVISION_WEIGHTS}"
     meta = BankMetadata(
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), normal_uri=str(source),
-        weights=weights, weights_fingerprint=f"torchvision:{settings['backbone']}:{PAPER_TORCHVISION_WEIGHTS}",
-        seed=0, grid=_grid(settings["backbone"], settings["layers"], size), patch_distance="squared",
-        bn_shift_input=(size, size), coreset_ratio=1.0, coreset_projection_dim=0, num_neighbors=9, reweight=False,
-        sigma=4.0, n_images=0, n_errors=0, n_patches=index.ntotal, n_bank=index.ntotal, n_shards=1, threshold=None,
-        calibration={}, fingerprint=fingerprint(index.reconstruct_n(0, index.ntotal)), **settings)
+        patchcore=PatchCoreSettings(weights=weights, seed=0, coreset_ratio=1.0, coreset_projection_dim=0,
+                                    num_neighbors=9, reweight=False, sigma=4.0, **settings),
+        weights_fingerprint=f"torchvision:{settings['backbone']}:{PAPER_TORCHVISION_WEIGHTS}",
+        grid=_grid(settings["backbone"], settings["layers"], size), patch_distance="squared",
+        bn_shift_input=(size, size), n_images=0, n_errors=0, n_patches=index.ntotal, n_bank=index.ntotal, n_shards=1,
+        threshold=None, calibration={}, fingerprint=fingerprint(index.reconstruct_n(0, index.ntotal)))
     meta = publish_index_file(storage, out, data, meta)
     notes = [
         f"scores with the official code's BatchNorm shift: one all-ones 3x{size}x{size} image through the backbone "

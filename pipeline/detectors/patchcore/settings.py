@@ -22,8 +22,10 @@ class PatchCoreSettings(StrictModel):
         ["layer2", "layer3"], description="backbone stages whose features are combined")
     image_size: int = Field(256, ge=32, le=2048, description="images are resized to this square size, in pixels")
     crop_fraction: float = Field(
-        0.875, ge=0.125, le=1, description="then the centred crop of this fraction of image_size is scored (official "
-                                          "PatchCore: resize 256, crop 224 = 0.875); 1: no crop")
+        1.0, ge=0.125, le=1, description="the centred part of each side of the resized image that is scored; 1 "
+                                        "(default): the whole image; 0.875: the paper's and official PatchCore's "
+                                        "setting (resize 256, crop 224), which never inspects the outer 6 % of "
+                                        "every edge")
     interpolation: Interpolation = Field("bilinear", description="resize filter (antialiased, as PIL)")
     pretrain_embed_dim: int = Field(1024, ge=8, description="each layer's patch features are pooled to this size")
     embed_dim: int = Field(384, ge=8, description="length of one patch vector in the memory bank")
@@ -33,6 +35,16 @@ class PatchCoreSettings(StrictModel):
     coreset_ratio: float = Field(
         0.1, gt=0, le=1, description="fraction of the patch vectors kept in the memory bank (greedy coreset)")
     coreset_projection_dim: int = Field(128, ge=0, description="0 = greedy on the full features")
+    coreset_mode: Literal["exact", "official"] = Field(
+        "exact", description="how the greedy coreset starts and how many vectors it keeps: exact = a seeded "
+                             "Gaussian projection, a seeded first point, ceil(N x ratio) (plain farthest-first, "
+                             "its 2-approximation bound holds); official = the official ApproximateGreedyCoreset"
+                             "Sampler: an nn.Linear projection, the argmax of the mean distance to 10 random "
+                             "candidates first, int(N x ratio)")
+    bn_shift: Literal["none", "official"] = Field(
+        "none", description="none = the clean backbone; official = the official code's BatchNorm shift (one "
+                            "all-ones image through the backbone in train mode before use), to reproduce the "
+                            "published numbers' exact backbone; the bank records it and is scored with it")
     local_oversample: float = Field(4.0, ge=1, description="round-1 budget per shard, as a multiple")
     coreset_engine: Literal["auto", "torch", "numpy"] = Field(
         "auto", description="greedy k-center: torch (on the worker's device) or the pruned numpy loop; "

@@ -1,54 +1,42 @@
 """SAA+ (Cao et al., "Segment Any Anomaly without Training via Hybrid Prompt Regularization"): zero-shot anomaly
 segmentation with GroundingDINO and SAM (Hugging Face ``transformers``), regularised by hybrid prompts.
 
-For each image, with the product's :class:`~pipeline.detectors.saa.prompts.PromptSet`:
+By default every step is the official code's (github.com/caoyunkang/Segment-Any-Anomaly ``SAA/model.py`` at
+23acbd9; ``tests/detectors/saa/test_official_saa.py`` checks each stage against its outputs). For each image,
+with the product's :class:`~pipeline.detectors.saa.prompts.PromptSet`:
 
-1. object property prompts: GroundingDINO finds the object with its own name as the caption (boxes above
-   ``box_threshold``, smaller than ``1 / instances`` of the image); SAM turns those boxes into the object masks;
-   the object's area is its largest box;
-2. anomaly region generator: GroundingDINO with every language prompt (the generic captions for this object, then
-   the product's defect captions) proposes boxes above ``box_threshold``; a box whose best-matching caption token
-   is part of the object's name is the object, not a defect, and is dropped; the area prompt drops boxes of
-   ``max_area`` of the object's area or more; the location prompt drops boxes with less than ``min_inside`` of their
-   pixels on the object masks (when an object was found);
+1. object property prompts: GroundingDINO finds the object with the object caption (boxes scoring above
+   ``box_threshold``, smaller than ``1 / instances`` of the image); SAM turns them into the object masks; the
+   object's area is its largest box (the whole image when none is found);
+2. anomaly region generator: GroundingDINO with every language prompt proposes boxes above ``box_threshold``; a
+   box whose phrase (its caption tokens above ``text_threshold``) contains the caption's object word is dropped;
+   so is a box of ``max_area`` of the object's area or more, or of no area;
 3. anomaly region refiner: SAM turns the remaining boxes into masks;
-4. image-context prompts: a saliency map from the self-similarity of CNN features (``pipeline/features/backbones``,
-   layers 1-3 upsampled to layer 1 and L2-normalised; single instance: mean distance to the nearest
-   ``saliency_neighbors`` other positions; several instances: distance to the nearest position on another
-   instance) multiplies each mask's confidence by ``exp(saliency_gain x its mean saliency)``; the confidence
-   prompt keeps the ``max_anomalies`` best masks;
-5. the anomaly map is, at each pixel, the mean confidence of the kept masks covering it, Gaussian-smoothed
-   (``sigma``); the image score is its maximum.
+4. image-context prompts: a saliency map from the self-similarity of CNN features (layers 1-3 at layer 1's grid,
+   L2-normalised; single instance: mean distance to the ``saliency_neighbors`` farthest positions; several
+   instances: distance to the nearest position on another instance) multiplies each mask's confidence by
+   ``exp(saliency_gain x its mean saliency)``; the confidence prompt keeps the ``max_anomalies`` best masks;
+5. the anomaly map is, at each pixel, the sum of the kept masks' confidences over one plus their count; the image
+   score is its maximum.
 
-Slips of the official code (github.com/caoyunkang/Segment-Any-Anomaly, ``SAA/model.py``) fixed here:
+Geometry, as officially: SAM sees the image with its longer side at its input size (letterboxed), GroundingDINO
+with its shorter side at ``gdino_size`` (800), the saliency network the image squashed to ``saliency_size`` (256)
+or, for several instances, ``multi_saliency_size`` (1024). Masks, saliency and fusion are computed on the image at
+SAM's scale, and the map is returned as a square over the whole image (the official code resizes it to a square
+too). Colour order, as officially: SAM and the saliency network get BGR (``channel_order``).
 
-- colour order: the official code reads images with OpenCV (BGR) and converts them to RGB for GroundingDINO only;
-  SAM (which expects RGB) and the ImageNet saliency backbone (RGB mean/std) get BGR. Here every model gets RGB;
-- prompt words picked by position: the official code parses its property sentence by word index
-  (``split(' ')[7]`` is the object, ``[12]`` is K, ``[19]`` the area limit), so any rewording silently changes the
-  settings (and object names come out as identifiers like ``printed_circuit_board``). Here the prompt sets are a
-  validated YAML file with named fields;
-- map averaging: the official map starts its per-pixel weight at 1 instead of 0, so a pixel covered by one mask
-  gets half that mask's confidence (``sum / (1 + count)``). Here it is the mean of the covering masks;
-- saliency neighbours: the official single-instance saliency sorts the distances in descending order and averages
-  the 400 *farthest* positions; the paper (and the issue) define it over the nearest ones, as here;
-- the location prompt the paper describes (candidates must lie on the object) is not in the official code (its
-  docstring says so); it is applied here.
-
-Simplifications: the pipeline feeds square images at the working resolution ``image_size`` (SAM's input size
-unless set), GroundingDINO sees them at ``min(gdino_size, image_size)`` (the official code resizes the shorter side
-to 800), so nothing is padded; the object-name filter uses each box's best-matching token instead of all tokens
-above a text threshold; the official code min-max normalises maps over the whole test set, a batch job scores each
-image on its own, so maps and scores are raw confidences (comparable within a run for a fixed prompt set); the
-object is searched once per image with the union of its masks as the location region; at most ``max_candidates``
-object boxes and region proposals per image (the most confident) go to SAM, where the official code refines every
-box above the threshold (with random weights that is every one of GroundingDINO's 900 queries per caption).
+Our settings that differ from the official code are off by default: ``min_inside`` (the paper's location prompt),
+``max_candidates`` (a cap on SAM refinements), ``sigma`` (smoothing), ``saliency_rule: nearest``, ``fusion:
+mean``, ``channel_order: rgb``. Where the official code cannot run on, this keeps going: several instances with
+fewer than two objects found fall back to single-instance saliency (the official code fails). Other differences:
+the official code min-max normalises maps over the whole test set; a batch job scores each image on its own, so
+maps and scores are raw (a monotone difference within one product); prompts are a validated YAML file with named
+fields rather than words picked from a sentence by position (the packaged tables hold the same words).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -61,19 +49,30 @@ from pipeline.detectors.saa.models import load_gdino, load_sam, locate_weights
 from pipeline.detectors.saa.prompts import PromptSet, load_prompts, packaged_text
 from pipeline.detectors.saa.settings import SAASettings
 from pipeline.detectors.saa.stages import (
-    cxcywh_to_xyxy,
-    find_objects,
+    box_area,
+    filter_proposals,
     fuse,
+    gdino_input_size,
+    keep_inside,
     multi_instance_saliency,
-    regularise_proposals,
     rescore,
     resize_map,
+    resize_masks,
+    saliency_features,
     single_instance_saliency,
+    to_pixels,
     top_k,
 )
-from pipeline.errors import SetupError
-from pipeline.features.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
-from pipeline.features.preprocess import Preprocess, gaussian_blur
+from pipeline.errors import SetupError, WeightsError
+from pipeline.features.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_backbone,
+    is_torchvision,
+    load_state_dict,
+    torchvision_weights,
+)
+from pipeline.features.preprocess import Letterbox, gaussian_blur, letterbox_extent
 from pipeline.io.storage import Storage
 
 if TYPE_CHECKING:
@@ -102,24 +101,44 @@ def _weights(storage: Storage, s: SAASettings) -> dict[str, tuple]:
     return found
 
 
+def saliency_fingerprint(storage: Storage, s: SAASettings, built: str | None = None) -> str:
+    """The saliency weights' fingerprint, ``random:ARCH:seed=N`` for 'none'; ``built``: what
+    :func:`~pipeline.features.backbones.build_backbone` reported (in a worker, instead of reading the file again)."""
+    if s.saliency_weights == "none":
+        return f"random:{s.saliency_backbone}:seed={s.seed}"
+    if built is not None:
+        return built
+    try:
+        if is_torchvision(s.saliency_weights):
+            member = torchvision_weights(s.saliency_backbone, s.saliency_weights)
+            return f"torchvision:{s.saliency_backbone}:{member.name}"
+        return load_state_dict(storage, s.saliency_weights)[1]
+    except WeightsError as exc:
+        raise SetupError(str(exc).replace("patchcore.weights", "saa.saliency_weights")) from exc
+
+
 def resolve_saa(storage: Storage, cfg: ScoreConfig) -> ModelRef:
-    """On the driver: the prompt set (an unknown product fails here, before any work) and both weights located
-    and fingerprinted. ``model_version`` = both fingerprints and the prompt set's digest."""
+    """On the driver: the prompt set (an unknown product fails here, before any work) and the three weights
+    located and fingerprinted. ``model_version`` = the three fingerprints and the prompt set's digest."""
     s = cfg.saa
     if s.prompts_config:
         storage.check_reachable(s.prompts_config, "saa.prompts_config")
     prompts = read_prompts(storage, s)
     weights = _weights(storage, s)
-    gdino, sam = weights["gdino"][1], weights["sam"][1]
-    version = f"gdino={_short(gdino)};sam={_short(sam)};prompts={prompts.digest()}"
-    uri = (f"gdino={s.gdino_weights};sam={s.sam_weights};prompts={s.prompts_config or 'packaged'}:"
-           f"{s.product or 'generic'}")
-    params = {"saa.gdino_fingerprint": gdino, "saa.sam_fingerprint": sam, "saa.prompts_digest": prompts.digest()}
-    random = [name for name, (folder, _) in weights.items() if folder is None]
-    warning = (f"SAA+ runs with randomly initialised {' and '.join(random)} weights: its scores mean nothing about "
-               "real anomalies") if random else None
-    metadata = json.dumps({"prompts": prompts.model_dump(), "gdino": gdino, "sam": sam}, indent=2).encode()
-    return ModelRef(uri, version, None, params, metadata, metadata_name="saa.json", warning=warning)
+    gdino, sam, saliency = weights["gdino"][1], weights["sam"][1], saliency_fingerprint(storage, s)
+    version = f"gdino={_short(gdino)};sam={_short(sam)};saliency={_short(saliency)};prompts={prompts.digest()}"
+    uri = (f"gdino={s.gdino_weights};sam={s.sam_weights};saliency={s.saliency_weights};"
+           f"prompts={s.prompts_config or 'packaged'}:{s.product or 'generic'}")
+    params = {"saa.gdino_fingerprint": gdino, "saa.sam_fingerprint": sam, "saa.saliency_fingerprint": saliency,
+              "saa.prompts_digest": prompts.digest()}
+    arch = {"gdino": f"GroundingDINO {s.gdino_arch}", "sam": f"SAM {s.sam_arch}"}
+    random = tuple(f"{arch[name]} (saa.{name}_weights={getattr(s, name + '_weights')})"
+                   for name, (folder, _) in weights.items() if folder is None)
+    if s.saliency_weights == "none":
+        random += (f"saliency {s.saliency_backbone} (saa.saliency_weights=none)",)
+    metadata = json.dumps({"prompts": prompts.model_dump(), "gdino": gdino, "sam": sam, "saliency": saliency},
+                          indent=2).encode()
+    return ModelRef(uri, version, None, params, metadata, metadata_name="saa.json", random_weights=random)
 
 
 def load_for_score(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: str) -> SAADetector:
@@ -127,7 +146,9 @@ def load_for_score(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: 
     s = cfg.saa
     prompts = read_prompts(storage, s)
     weights = _weights(storage, s)
+    saliency, _, built = build_backbone(s.saliency_backbone, SALIENCY_LAYERS, s.saliency_weights, s.seed, storage)
     found = {"saa.gdino_fingerprint": weights["gdino"][1], "saa.sam_fingerprint": weights["sam"][1],
+             "saa.saliency_fingerprint": saliency_fingerprint(storage, s, built),
              "saa.prompts_digest": prompts.digest()}
     for key, value in found.items():
         if model.params[key] != value:
@@ -135,7 +156,6 @@ def load_for_score(cfg: ScoreConfig, storage: Storage, model: ModelRef, device: 
                              "or prompts changed during the run")
     gdino, tokenizer = load_gdino(weights["gdino"][0], s.gdino_arch, s.seed, "saa.gdino_weights")
     sam = load_sam(weights["sam"][0], s.sam_arch, s.seed, "saa.sam_weights")
-    saliency, _, _ = build_backbone(s.saliency_backbone, SALIENCY_LAYERS, s.saliency_weights, s.seed, storage)
     return SAADetector(gdino, tokenizer, sam, saliency, prompts, s, model.version, device)
 
 
@@ -160,104 +180,119 @@ class SAADetector:
         self.threshold: float | None = None
         self.sam_size = int(sam.config.vision_config.image_size)
         self.image_size = settings.image_size or self.sam_size
-        self.gdino_size = min(settings.gdino_size, self.image_size)
-        self.preprocess = Preprocess(self.image_size)  # a square, bilinear resize (as both HF processors), no crop
+        self.preprocess = Letterbox(self.image_size)  # SAM's longest-side resize and pad
         self.max_text = int(gdino.config.max_text_len)
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-        self.object_caption = self._encode(prompts.object, object_words=False)
-        self.defect_captions = [self._encode(c, object_words=True) for c in prompts.captions]
+        self.object_caption = self._encode(prompts.object, None)
+        self.defect_captions = [self._encode(c.text, c.filter) for c in prompts.captions]
 
-    def _encode(self, caption: str, object_words: bool) -> dict[str, Tensor]:
-        """Token ids of one caption, and which tokens are words of the object's name (``object_words``)."""
+    def _encode(self, caption: str, filter_word: str | None) -> dict:
+        """Token ids of one caption and the word whose presence in a box's phrase marks the object."""
         text = caption_text(caption)
-        enc = self.tokenizer(text, return_tensors="pt", return_offsets_mapping=True, truncation=True,
-                             max_length=self.max_text)
-        offsets = enc.pop("offset_mapping")[0]
-        spans = [m.span() for m in re.finditer(rf"\b{re.escape(self.prompts.object.lower())}\b", text)]
-        is_object = torch.tensor([object_words and any(a <= s and e <= b for a, b in spans) and e > s
-                                  for s, e in offsets.tolist()])
-        special = torch.tensor([s == e or text[s:e] in ".?" for s, e in offsets.tolist()])
-        return {"inputs": {k: v.to(self.device) for k, v in enc.items()},
-                "is_object": is_object.to(self.device), "special": special.to(self.device)}
+        enc = self.tokenizer(text, return_tensors="pt", truncation=True, max_length=self.max_text)
+        return {"inputs": {k: v.to(self.device) for k, v in enc.items()}, "ids": enc["input_ids"][0].tolist(),
+                "filter": filter_word}
 
-    def _normalised(self, images: Tensor, size: int) -> Tensor:
-        if images.shape[-1] != size:
-            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return (images - self.mean) / self.std
+    def _model_colours(self, x: Tensor) -> Tensor:
+        """What SAM and the saliency network see: BGR as officially (OpenCV order), or RGB."""
+        return x.flip(1) if self.settings.channel_order == "official" else x
 
-    def _propose(self, pixels: Tensor, caption: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """GroundingDINO on a batch: boxes ``[B,Q,4]`` (pixels at the working size), box scores ``[B,Q]`` and
-        whether each box's best-matching token is part of the object's name ``[B,Q]``."""
-        batch = pixels.shape[0]
-        inputs = {k: v.expand(batch, -1) for k, v in caption["inputs"].items()}
-        out = self.gdino(pixel_values=pixels, **inputs)
-        n = inputs["input_ids"].shape[1]
-        token_scores = out.logits[..., :n].sigmoid().masked_fill(caption["special"], 0.0)
-        scores, best = token_scores.max(-1)
-        return cxcywh_to_xyxy(out.pred_boxes, self.image_size), scores, caption["is_object"][best]
+    def _propose(self, content: Tensor, caption: dict) -> tuple[Tensor, Tensor]:
+        """GroundingDINO on images ``[B,3,h,w]`` (RGB, 0..1) at its own size: normalised boxes ``[B,Q,4]`` and
+        token probabilities ``[B,Q,n]`` over the caption's ``n`` tokens."""
+        s = self.settings
+        size = gdino_input_size(*content.shape[-2:], s.gdino_size, s.gdino_max_size)
+        pixels = F.interpolate(content, size=size, mode="bilinear", antialias=True, align_corners=False)
+        inputs = {k: v.expand(len(content), -1) for k, v in caption["inputs"].items()}
+        out = self.gdino(pixel_values=(pixels - self.mean) / self.std, **inputs)
+        return out.pred_boxes, out.logits[..., :len(caption["ids"])].sigmoid()
 
-    def _segment(self, embedding: Tensor, boxes: Tensor) -> Tensor:
-        """SAM masks ``[N,S,S]`` (bool, working size) for ``boxes`` ``[N,4]`` on one image's embedding."""
-        size = self.image_size
+    def _segment(self, embedding: Tensor, boxes: Tensor, h: int, w: int) -> Tensor:
+        """SAM masks ``[N,h,w]`` (bool) for pixel ``boxes`` ``[N,4]`` on an ``h x w`` image (SAM's scale): the
+        low-resolution masks upsampled to SAM's input, cropped to the image and resized to it, as officially."""
         if len(boxes) == 0:
-            return torch.zeros(0, size, size, dtype=torch.bool, device=self.device)
+            return torch.zeros(0, h, w, dtype=torch.bool, device=self.device)
+        scale = self.sam_size / max(h, w)
+        sh, sw = int(h * scale + 0.5), int(w * scale + 0.5)
         masks = []
-        for chunk in (boxes * (self.sam_size / size)).split(SAM_CHUNK):  # bounds the full-size float masks
+        for chunk in (boxes * scale).split(SAM_CHUNK):  # bounds the full-size float masks
             out = self.sam(image_embeddings=embedding[None], input_boxes=chunk[None], multimask_output=False)
-            masks.append(resize_map(out.pred_masks[0, :, 0], size) > 0)
+            full = resize_map(out.pred_masks[0, :, 0], self.sam_size)[:, :sh, :sw]
+            masks.append(resize_map(full, h, w) > 0)
         return torch.cat(masks)
 
-    def _saliency_features(self, images: Tensor) -> Tensor:
-        taps = self.saliency(self._normalised(images, self.settings.saliency_size))
-        first = taps[SALIENCY_LAYERS[0]]
-        maps = [F.interpolate(taps[name], size=first.shape[-2:], mode="bilinear", align_corners=False)
-                if name != SALIENCY_LAYERS[0] else first for name in SALIENCY_LAYERS]
-        return F.normalize(torch.cat(maps, dim=1), dim=1)
-
-    def _saliency(self, features: Tensor, objects: Tensor) -> Tensor:
-        """One image's saliency ``[S,S]``: multi-instance when the product shows several objects and at least two
-        were found, single-instance otherwise."""
+    def _saliency(self, image: Tensor, objects: Tensor) -> Tensor:
+        """One image's saliency ``[h,w]`` (``image`` ``[3,h,w]``): multi-instance when the product shows several
+        objects and at least two were found, single-instance otherwise."""
         s = self.settings
-        if self.prompts.instances > 1 and len(objects) >= 2:
-            instances = resize_map(objects.float(), features.shape[-1]) > 0.5
-            saliency = multi_instance_saliency(features, instances)
+        multi = self.prompts.instances > 1 and len(objects) >= 2
+        side = s.multi_saliency_size if multi else s.saliency_size
+        x = F.interpolate(self._model_colours(image[None]), size=(side, side), mode="bilinear", align_corners=False)
+        features = saliency_features(self.saliency((x - self.mean) / self.std), SALIENCY_LAYERS)[0]
+        if multi:
+            saliency = multi_instance_saliency(features, resize_masks(objects, *features.shape[-2:]))
         else:
-            saliency = single_instance_saliency(features, s.saliency_neighbors)
-        return resize_map(saliency, self.image_size)
+            saliency = single_instance_saliency(features, s.saliency_neighbors, s.saliency_rule)
+        return resize_map(saliency, *image.shape[-2:])
 
-    def _image_map(self, b: int, objects: tuple[Tensor, Tensor, Tensor],
-                   proposals: list[tuple[Tensor, Tensor, Tensor]], embedding: Tensor, features: Tensor) -> Tensor:
-        """Image ``b``'s anomaly map (before smoothing) from the batch's GroundingDINO outputs."""
-        s, p, size = self.settings, self.prompts, self.image_size
-        object_boxes = find_objects(objects[0][b], objects[1][b], s.box_threshold, p.instances, size,
-                                    s.max_candidates)
-        object_masks = self._segment(embedding, object_boxes)
-        candidates, confidences = regularise_proposals(
-            [(boxes[b], scores[b], is_object[b]) for boxes, scores, is_object in proposals], s.box_threshold,
-            object_boxes, object_masks.any(0), p.max_area, s.min_inside, s.max_candidates)
-        if len(candidates) == 0:
-            return torch.zeros(size, size, device=self.device)
-        masks = self._segment(embedding, candidates)
-        confidences = rescore(confidences, masks, self._saliency(features, object_masks), s.saliency_gain)
+    def _image_map(self, image: Tensor, objects: tuple[Tensor, Tensor], proposals: list[tuple[Tensor, Tensor]],
+                   embedding: Tensor) -> Tensor:
+        """One image's anomaly map ``[h,w]`` (``image`` ``[3,h,w]``) from its GroundingDINO outputs."""
+        s, p = self.settings, self.prompts
+        h, w = image.shape[-2:]
+        kept, _ = filter_proposals(*objects, self.object_caption["ids"], self.tokenizer, None, s.box_threshold,
+                                   s.text_threshold, 1.0 / p.instances)
+        object_area = float(box_area(objects[0][kept]).max()) if len(kept) else 1.0
+        object_masks = self._segment(embedding, to_pixels(objects[0][kept], h, w), h, w)
+        region = object_masks.any(0)
+        candidates, confidences = [], []
+        for (boxes, probs), caption in zip(proposals, self.defect_captions, strict=True):
+            kept, scores = filter_proposals(boxes, probs, caption["ids"], self.tokenizer, caption["filter"],
+                                            s.box_threshold, s.text_threshold, p.max_area * object_area)
+            pixels = to_pixels(boxes[kept], h, w)
+            if s.min_inside > 0 and region.any():
+                on_object = keep_inside(pixels, region, s.min_inside)
+                pixels, scores = pixels[on_object], scores[on_object]
+            candidates.append(pixels)
+            confidences.append(scores)
+        candidates, confidences = torch.cat(candidates), torch.cat(confidences)
+        if s.max_candidates is not None:
+            best = top_k(confidences, s.max_candidates)
+            candidates, confidences = candidates[best], confidences[best]
+        if len(candidates) == 0:  # officially: one empty mask of confidence 0
+            return torch.zeros(h, w, device=self.device)
+        masks = self._segment(embedding, candidates, h, w)
+        confidences = rescore(confidences, masks, self._saliency(image, object_masks), s.saliency_gain)
         best = top_k(confidences, p.max_anomalies)
-        return fuse(masks[best], confidences[best])
+        return fuse(masks[best], confidences[best], s.fusion)
 
     def anomaly_maps(self, images: Tensor) -> Tensor:
-        """``[B,S,S]`` smoothed anomaly maps of ``images`` ``[B,3,S,S]`` (0..1, RGB)."""
+        """``[B,S,S]`` anomaly maps of ``images`` ``[B,3,S,S]``: :class:`Letterbox` squares (0..1 RGB, the image
+        at the top left) or plain squares."""
         size = self.image_size
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
-            raise ValueError(f"expected [N,3,{size},{size}] in 0..1, got {list(images.shape)}")
+            raise ValueError(f"expected [N,3,{size},{size}] (letterboxed, 0..1), got {list(images.shape)}")
         with torch.inference_mode():
             x = images.to(self.device).float()
-            pixels = self._normalised(x, self.gdino_size)
-            objects = self._propose(pixels, self.object_caption)
-            proposals = [self._propose(pixels, c) for c in self.defect_captions]
-            embeddings = self.sam.get_image_embeddings(self._normalised(x, self.sam_size))
-            features = self._saliency_features(x)
-            maps = torch.stack([self._image_map(b, objects, proposals, embeddings[b], features[b])
-                                for b in range(len(x))])
-            return gaussian_blur(maps, self.settings.sigma)
+            extents = [letterbox_extent(image) for image in x]
+            valid = x >= 0
+            sam_in = torch.where(valid, (self._model_colours(x) - self.mean) / self.std, torch.zeros_like(x))
+            if size != self.sam_size:
+                sam_in = F.interpolate(sam_in, size=(self.sam_size, self.sam_size), mode="bilinear",
+                                       antialias=True, align_corners=False)
+            embeddings = self.sam.get_image_embeddings(sam_in)
+            maps = [torch.zeros(size, size, device=self.device)] * len(x)
+            for extent in sorted(set(extents)):  # images of one shape share GroundingDINO passes
+                members = [b for b, e in enumerate(extents) if e == extent]
+                content = x[members, :, :extent[0], :extent[1]]
+                objects = self._propose(content, self.object_caption)
+                proposals = [self._propose(content, c) for c in self.defect_captions]
+                for i, b in enumerate(members):
+                    amap = self._image_map(content[i], (objects[0][i], objects[1][i]),
+                                           [(boxes[i], probs[i]) for boxes, probs in proposals], embeddings[b])
+                    maps[b] = resize_map(amap, size)
+            return gaussian_blur(torch.stack(maps), self.settings.sigma)
 
     def score(self, images: Tensor) -> ScoreBatch:
         maps = self.anomaly_maps(images)

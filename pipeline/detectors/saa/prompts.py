@@ -35,18 +35,28 @@ class GenericPrompts(_Strict):
     def _placeholders(cls, captions: list[str]) -> list[str]:
         for caption in captions:
             try:
-                caption.format(object="x")
+                caption.format(name="x")
             except (KeyError, IndexError, ValueError) as exc:
-                raise ValueError(f"caption {caption!r}: the only placeholder is {{object}} ({exc})") from None
+                raise ValueError(f"caption {caption!r}: the only placeholder is {{name}} ({exc})") from None
         return captions
 
 
 class ProductPrompts(_Strict):
     object: str = Field(min_length=1)
+    name: str | None = Field(None, min_length=1)
+    filter: str | None = Field(None, min_length=1)
     defects: list[str] = Field(default_factory=list)
     instances: int | None = Field(None, ge=1)
     max_area: float | None = Field(None, gt=0, le=1)
     max_anomalies: int | None = Field(None, ge=1)
+
+
+class Caption(_Strict):
+    """One language prompt and the word that marks its boxes as the object itself (official: a box whose phrase,
+    the caption tokens above the text threshold, contains ``filter`` is dropped)."""
+
+    text: str
+    filter: str
 
 
 class PromptsFile(_Strict):
@@ -58,8 +68,8 @@ class PromptSet(_Strict):
     """Everything SAA+ is prompted with for one product line."""
 
     product: str | None
-    object: str
-    captions: list[str]  # language prompts: the generic ones for this object, then the product's own
+    object: str  # the caption that finds the object itself (object property prompt)
+    captions: list[Caption]  # language prompts: the generic ones for this product's name, then its own
     instances: int
     max_area: float
     max_anomalies: int
@@ -89,9 +99,11 @@ def resolve_product(prompts: PromptsFile, product: str | None, source: str) -> P
     else:
         known = ", ".join(sorted(prompts.products)) or "none"
         raise ConfigError(f"product {product!r} is not in {source} (products: {known})")
+    name = own.name or own.object
+    captions = [Caption(text=c.format(name=name), filter=name) for c in generic.captions]
+    captions += [Caption(text=d, filter=own.filter or name) for d in own.defects]
     return PromptSet(
-        product=product, object=own.object,
-        captions=[c.format(object=own.object) for c in generic.captions] + own.defects,
+        product=product, object=own.object, captions=captions,
         instances=own.instances or generic.instances, max_area=own.max_area or generic.max_area,
         max_anomalies=own.max_anomalies or generic.max_anomalies)
 

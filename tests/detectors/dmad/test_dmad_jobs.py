@@ -1,10 +1,12 @@
 """DMAD through the jobs: data-parallel training on Ray workers, a checkpoint, then scoring videos."""
 
 import json
+import logging
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pytest
 import torch
 
 from pipeline.config import ScoreConfig, StorageSettings, TrainConfig
@@ -71,6 +73,7 @@ def test_image_variant_trains_and_scores_images(ray_runtime, dataset, tmp_path):
     rows = read_rows(Storage(StorageSettings()), scored["output"], columns=None)
     assert len(rows) == 8 and all(r["status"] == "ok" and np.isfinite(r["score"]) for r in rows)
     assert all(r["heatmap_uri"] for r in rows)
+    assert scored["random_weights"] == ["DMAD's frozen resnet18 image encoder (dmad.weights=none)"]
 
 
 def test_shanghai_layout_trains_one_background_per_scene_and_scores_by_file_name(ray_runtime, tmp_path):
@@ -97,3 +100,32 @@ def test_shanghai_layout_trains_one_background_per_scene_and_scores_by_file_name
     assert [r["status"] for r in sorted(scene_rows, key=lambda r: r["frame_index"])] == ["unscored"] * 2 + ["ok"] * 4
     lobby = [r for r in rows if r["source_uri"].endswith("lobby.mp4")]
     assert len(lobby) == 1 and lobby[0]["status"] == "error" and "scene" in lobby[0]["error"]
+
+
+class _RayStarted(Exception):
+    pass
+
+
+def _stop_at_ray(*_: object) -> None:
+    raise _RayStarted
+
+
+def test_image_variant_on_a_random_encoder_warns_before_training(dataset, tmp_path, caplog, monkeypatch):
+    """Issue 21: DMAD trained on a random frozen encoder without a word, where PatchCore and the CLIP detectors warn.
+    The warning comes from the driver's check, before Ray starts; the video variant (all weights learned) has none."""
+    import pipeline.train
+
+    monkeypatch.setattr(pipeline.train, "init_ray", _stop_at_ray)
+    caplog.set_level(logging.WARNING)
+    warnings = {}
+    for variant in ("image", "video"):
+        caplog.clear()
+        with pytest.raises(_RayStarted):
+            run_train(TrainConfig.model_validate({
+                "detector": "dmad", "normal": str(dataset / "train" / "good"), "model_out": str(tmp_path / "m.pt"),
+                "dmad": {"variant": variant}, "tracking": {"enabled": False}}))
+        warnings[variant] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    (line,) = warnings["image"]
+    assert line.startswith("dmad.weights=none: the image variant's frozen wide_resnet50_2 encoder is randomly "
+                           "initialised"), line
+    assert warnings["video"] == []

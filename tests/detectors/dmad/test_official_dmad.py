@@ -9,6 +9,7 @@ import torch
 
 from pipeline.detectors.dmad import video_model as pdm
 from pipeline.detectors.dmad.importer import official_settings, official_state_to_ours
+from pipeline.detectors.dmad.settings import OFFICIAL_ALPHA
 from pipeline.detectors.dmad.video_model import VideoDMAD
 from tests.helpers import OFFICIAL
 from tests.helpers.official import official_state, official_windows
@@ -88,7 +89,7 @@ def test_training_loss_matches_the_official_loss(layout):
 def test_frame_scores_match_the_official_smoothing():
     ref = torch.load(DATA / "frame_scores.pt", weights_only=True)
     series = {k: v.numpy() for k, v in ref["ped2_series"].items()}
-    alpha = pdm.OFFICIAL_ALPHA["ped2"]
+    alpha = OFFICIAL_ALPHA["ped2"]
     ours = pdm.frame_scores(series, alpha, window=11, keep=5)
     # the official scores are 1 - normalised error (labels inverted to match): ours = sum(alpha) - theirs
     theirs = sum(alpha.values()) - ref["ped2_official_inverted_score"].numpy()

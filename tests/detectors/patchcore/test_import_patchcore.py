@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import StorageSettings
-from pipeline.detectors.patchcore import PatchCoreDetector
+from pipeline.config import ScoreConfig, StorageSettings
+from pipeline.detectors.patchcore import PatchCoreDetector, resolve_bank
 from pipeline.detectors.patchcore.importer import ImportRefused, convert
 from pipeline.io.storage import Storage
 from tests.helpers.official import released_folder
@@ -68,6 +68,10 @@ def test_released_wideresnet50_gets_the_papers_torchvision_weights(tmp_path):
     assert meta["grid"] == [28, 28] and meta["patchsize"] == 5 and meta["patch_distance"] == "squared"
     assert (meta["image_size"], meta["crop_fraction"], meta["interpolation"]) == (256, 0.875, "bilinear")
     assert meta["bn_shift_input"] == [224, 224]  # the crop the model sees
+    # an imported bank keeps the release's crop, and a run scoring with it records how much of each image it sees
+    model = resolve_bank(STORAGE, ScoreConfig.model_validate({"input": "/a", "output": "/b",
+                                                               "bank": str(tmp_path / "bank")}))
+    assert model.inspected_fraction == 0.875 and model.random_weights == ()
 
 
 class RunsACommand:
@@ -119,7 +123,7 @@ def test_ensembles_and_approximate_indexes_are_refused(tmp_path):
     ivf.train(vectors)
     ivf.add(vectors)
     faiss.write_index(ivf, str(source / "nnscorer_search_index.faiss"))
-    with pytest.raises(ImportRefused, match="IndexIVFFlat; only exact IndexFlatL2"):
+    with pytest.raises(ImportRefused, match="a IndexIVFFlat: only exact flat"):
         convert(source, str(tmp_path / "bank"), STORAGE)
 
 
@@ -128,7 +132,7 @@ def test_import_to_s3_and_score_from_there(tmp_path, s3_endpoint, seeded_torchvi
     storage = Storage(StorageSettings(endpoint_url=s3_endpoint))
     applied = convert(released_folder(tmp_path / "src", patchsize=5, num_nn=1), "s3://pc-import/bank", storage)
     detector = PatchCoreDetector.load(storage, "s3://pc-import/bank")
-    assert applied["version"] == detector.meta.version == "v0001" and detector.meta.patchsize == 5
+    assert applied["version"] == detector.meta.version == "v0001" and detector.meta.patchcore.patchsize == 5
     assert detector.score(torch.rand(1, 3, 64, 64)).scores.shape == (1,)
 
 

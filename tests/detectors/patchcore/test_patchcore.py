@@ -27,12 +27,8 @@ def detector_for(dataset, engine: str = "faiss", precision: str | None = None, *
     embedder, fp = build_embedder(settings, STORAGE)
     feats, grid = embedder(load(dataset / "train" / "good"))
     bank = feats.reshape(-1, feats.shape[-1]).numpy()
-    meta = BankMetadata(created_at="now", normal_uri="x", backbone=settings.backbone, weights="none",
-                        weights_fingerprint=fp, seed=0, layers=settings.layers, image_size=64,
-                        pretrain_embed_dim=settings.pretrain_embed_dim, embed_dim=settings.embed_dim, grid=grid,
-                        coreset_ratio=1.0, coreset_projection_dim=128, patchsize=settings.patchsize,
-                        anomaly_scorer_num_nn=settings.anomaly_scorer_num_nn, num_neighbors=settings.num_neighbors,
-                        reweight=settings.reweight, sigma=settings.sigma, n_images=12, n_errors=0,
+    meta = BankMetadata(created_at="now", normal_uri="x", patchcore=settings.model_copy(update={"coreset_ratio": 1.0}),
+                        weights_fingerprint=fp, grid=grid, n_images=12, n_errors=0,
                         n_patches=len(bank), n_bank=len(bank), n_shards=1, threshold=None, calibration={},
                         fingerprint="sha256:x")
     return PatchCoreDetector(embedder, build_knn(ShardedIndex([build_index(bank)]), engine, "cpu", precision), meta)

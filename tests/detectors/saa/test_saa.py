@@ -7,15 +7,13 @@ import pytest
 import torch
 
 from pipeline.config import ScoreConfig, StorageSettings, load_config
-from pipeline.detectors.saa.prompts import PromptSet, load_prompts, packaged_text
+from pipeline.detectors.saa.prompts import Caption, PromptSet, load_prompts, packaged_text
 from pipeline.detectors.saa.stages import (
-    find_objects,
+    filter_proposals,
     fuse,
     inside_fraction,
     keep_inside,
-    keep_small,
     multi_instance_saliency,
-    regularise_proposals,
     rescore,
     single_instance_saliency,
     top_k,
@@ -25,7 +23,8 @@ from pipeline.io.storage import Storage
 from tests.helpers import REPO
 
 ROOT = REPO
-TINY = {"gdino_weights": "none", "sam_weights": "none", "saliency_backbone": "resnet18", "saliency_size": 64}
+TINY = {"gdino_weights": "none", "sam_weights": "none", "saliency_backbone": "resnet18", "saliency_size": 64,
+        "multi_saliency_size": 64, "gdino_size": 64}
 
 
 # ---------------------------------------------------------------- hybrid-prompt stages, constructed cases
@@ -40,38 +39,41 @@ def test_location_prompt_drops_a_box_outside_the_object():
     assert keep_inside(boxes, region, 0.6).tolist() == [True, False, False]
 
 
-def test_area_prompt_drops_an_over_large_box():
-    boxes = torch.tensor([[0.0, 0, 30, 30], [10, 10, 60, 60], [0, 0, 100, 100]])  # 9 %, 25 %, 100 % of 100x100
-    object_area, max_area = 0.5, 0.3  # anomalies may cover at most 30 % of an object that covers half the image
-    assert keep_small(boxes, 100, max_area * object_area).tolist() == [True, False, False]
-
-
 def test_confidence_prompt_keeps_the_top_k():
     scores = torch.tensor([0.1, 0.9, 0.3, 0.7, 0.5, 0.2, 0.4])
     assert top_k(scores, 3).tolist() == [1, 3, 4]
     assert len(top_k(scores, 50)) == 7
 
 
-def test_proposals_are_regularised_by_every_object_property_prompt():
-    """Two captions' GroundingDINO outputs on a 100 px image whose object (a 40x40 box, its mask the left half of
-    it) was found: only the confident, small, on-object box that is not the object itself survives."""
-    object_boxes = find_objects(torch.tensor([[10.0, 10, 50, 50], [0, 0, 100, 100]]), torch.tensor([0.6, 0.7]),
-                                threshold=0.3, instances=2, size=100, limit=5)  # two instances: half the image
-    assert object_boxes.tolist() == [[10.0, 10, 50, 50]]
-    region = torch.zeros(100, 100, dtype=torch.bool)
-    region[10:50, 10:30] = True
-    first = (torch.tensor([[12.0, 12, 20, 20], [40, 40, 48, 48], [10, 10, 30, 50]]),  # good, off the mask, too large
-             torch.tensor([0.5, 0.9, 0.8]), torch.tensor([False, False, False]))
-    second = (torch.tensor([[14.0, 30, 22, 38], [20, 20, 26, 26]]),  # below the threshold, the object's own name
-              torch.tensor([0.2, 0.9]), torch.tensor([False, True]))
-    boxes, scores = regularise_proposals([first, second], threshold=0.3, object_boxes=object_boxes, region=region,
-                                         max_area=0.3, min_inside=0.5, limit=5)  # 30 % of a 16 %-image object
-    assert boxes.tolist() == [[12.0, 12, 20, 20]] and scores.tolist() == [0.5]
-    no_object = torch.zeros_like(region)  # nothing found: location does not apply, the area limit is the image's
-    boxes, scores = regularise_proposals([first], 0.3, object_boxes[:0], no_object, 0.3, 0.5, limit=5)
-    assert boxes.tolist() == [[40.0, 40, 48, 48], [10, 10, 30, 50], [12, 12, 20, 20]]  # most confident first
-    boxes, scores = regularise_proposals([first], 0.3, object_boxes[:0], no_object, 0.3, 0.5, limit=2)
-    assert scores.tolist() == pytest.approx([0.9, 0.8])  # SAM refines at most `limit` proposals
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import BertTokenizer
+
+    from pipeline.detectors.saa.models import TINY_VOCAB
+
+    return BertTokenizer(vocab=str(TINY_VOCAB), do_lower_case=True)
+
+
+def test_proposal_filter_as_the_official_code(tokenizer):
+    """Caption "scratch on pcb1." (tokens [CLS] scratch on pcb ##1 . [SEP]): a box survives with a score above the
+    box threshold (special tokens count), an area strictly between the limits, and a phrase (its tokens above the
+    text threshold) that does not contain the object's word, whichever token is best."""
+    ids = tokenizer("scratch on pcb1.")["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "scratch", "on", "pcb", "##1", ".", "[SEP]"]
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2]]).repeat(7, 1)
+    boxes[4, 2:] = torch.tensor([0.6, 0.6])  # 36 % of the image: over the area limit
+    boxes[5, 2] = 0.0  # no area
+    probs = torch.full((7, len(ids)), 0.02)
+    probs[0, 1] = 0.8  # "scratch": kept
+    probs[1, 0] = 0.6  # only [CLS] is confident: the box score counts it, kept
+    probs[2, 1], probs[2, 3:5] = 0.9, 0.3  # best token "scratch", but "pcb1" is above the text threshold: dropped
+    probs[3, 1], probs[3, 3] = 0.9, 0.3  # only "pcb" of "pcb1": the phrase "scratch pcb" lacks "pcb1", kept
+    probs[4:6, 1] = 0.9
+    probs[6, 1] = 0.09  # below the box threshold
+    keep, scores = filter_proposals(boxes, probs, ids, tokenizer, "pcb1", 0.1, 0.1, max_area=0.3)
+    assert keep.tolist() == [0, 1, 3] and scores.tolist() == pytest.approx([0.8, 0.6, 0.9])
+    keep, _ = filter_proposals(boxes, probs, ids, tokenizer, "pcb", 0.1, 0.1, max_area=0.3)
+    assert keep.tolist() == [0, 1]  # "pcb" is in both phrases
 
 
 def _texture_with_odd_patch(size: int = 16, channels: int = 16) -> torch.Tensor:
@@ -85,8 +87,9 @@ def _texture_with_odd_patch(size: int = 16, channels: int = 16) -> torch.Tensor:
     return torch.nn.functional.normalize(feats, dim=0)
 
 
-def test_saliency_ranks_an_unusual_region_higher():
-    saliency = single_instance_saliency(_texture_with_odd_patch(), neighbors=20)
+@pytest.mark.parametrize("rule", ["farthest", "nearest"])
+def test_saliency_ranks_an_unusual_region_higher(rule):
+    saliency = single_instance_saliency(_texture_with_odd_patch(), neighbors=20, rule=rule)
     odd = torch.zeros(16, 16, dtype=torch.bool)
     odd[4:7, 4:7] = True
     assert saliency[odd].min() > saliency[~odd].max()
@@ -111,39 +114,49 @@ def test_multi_instance_saliency_finds_the_odd_instance_out():
     assert saliency[~instances.any(0)].abs().max() == 0  # off the objects
 
 
-def test_map_is_the_mean_confidence_of_the_covering_masks():
+def test_map_fusion_official_and_mean():
     masks = torch.zeros(2, 8, 8, dtype=torch.bool)
     masks[0, :4] = True
     masks[1, 2:6] = True
-    amap = fuse(masks, torch.tensor([0.8, 0.4]))
-    assert amap[0, 0] == pytest.approx(0.8)  # one mask: its confidence (the official code halves it)
-    assert amap[3, 0] == pytest.approx(0.6) and amap[5, 0] == pytest.approx(0.4) and amap[7, 0] == 0
+    amap = fuse(masks, torch.tensor([0.8, 0.4]))  # official: the sum over one plus the count
+    assert amap[0, 0] == pytest.approx(0.4) and amap[3, 0] == pytest.approx(0.4) and amap[5, 0] == pytest.approx(0.2)
+    assert amap[7, 0] == 0
+    amap = fuse(masks, torch.tensor([0.8, 0.4]), "mean")
+    assert amap[0, 0] == pytest.approx(0.8) and amap[3, 0] == pytest.approx(0.6) and amap[5, 0] == pytest.approx(0.4)
+    one = fuse(masks[:1], torch.tensor([0.5]))  # one mask at 0.5 scores lower than three overlapping at 0.4
+    three = fuse(masks[:1].repeat(3, 1, 1), torch.tensor([0.4, 0.4, 0.4]))
+    assert float(one.max()) == pytest.approx(0.25) and float(three.max()) == pytest.approx(0.3)
 
 
 # ---------------------------------------------------------------- prompt sets
 
 
 def test_packaged_prompts_cover_mvtec_and_visa_with_generic_captions_first():
+    """The packaged sets are the official tables (tests/detectors/saa/test_official_saa.py compares all of them);
+    here: the three words each product has (object caption, name, defect filter) go where they belong."""
     metal = load_prompts(packaged_text(), None, "metal_nut")
-    assert metal.object == "metal nut" and metal.max_area == 1.0 and metal.max_anomalies == 5
-    assert metal.captions[:3] == ["defect on metal nut", "damage on metal nut", "flaw on metal nut"]
-    assert metal.captions[3:] == ["blue defect. black defect. red defect. scratch."]
+    assert metal.object == "metal_nut," and metal.max_area == 1.0 and metal.max_anomalies == 5
+    assert [(c.text, c.filter) for c in metal.captions] == [
+        ("defect on metal_nut", "metal_nut"), ("damage on metal_nut", "metal_nut"), ("flaw on metal_nut", "metal_nut"),
+        ("blue defect. black defect. red defect. scratch.", "nut")]
     candle = load_prompts(packaged_text(), None, "candle")
     assert (candle.instances, candle.max_anomalies, candle.max_area) == (4, 1, 0.3)
     generic = load_prompts(packaged_text(), None, None)
-    assert generic.object == "object" and len(generic.captions) == 3
+    assert generic.object == "object" and [c.filter for c in generic.captions] == ["object"] * 3
     for product in ["carpet", "screw", "zipper", "pcb1", "pipe_fryum", "macaroni2", "capsules"]:
         assert load_prompts(packaged_text(), None, product).product == product
 
 
 def test_custom_prompts_file_defaults_digest_and_errors(tmp_path):
     text = """
-generic: {object: part, captions: ["defect on {object}"], max_anomalies: 3}
+generic: {object: part, captions: ["defect on {name}"], max_anomalies: 3}
 products:
   widget: {object: widget, defects: ["dent. burr."], max_area: 0.2}
 """
     widget = load_prompts(text, "prompts.yaml", "widget")
-    assert widget == PromptSet(product="widget", object="widget", captions=["defect on widget", "dent. burr."],
+    assert widget == PromptSet(product="widget", object="widget",
+                               captions=[Caption(text="defect on widget", filter="widget"),
+                                         Caption(text="dent. burr.", filter="widget")],
                                instances=1, max_area=0.2, max_anomalies=3)
     assert load_prompts(text.replace("burr", "scratch"), "x", "widget").digest() != widget.digest()
     assert load_prompts(text, "elsewhere.yaml", "widget").digest() == widget.digest()
@@ -151,8 +164,8 @@ products:
         load_prompts(text, "prompts.yaml", "gadget")
     with pytest.raises(ConfigError, match=r"products.widget.max_area"):
         load_prompts(text.replace("0.2", "1.5"), "prompts.yaml", "widget")
-    with pytest.raises(ConfigError, match=r"only placeholder is \{object\}"):
-        load_prompts(text.replace("{object}", "{thing}"), "prompts.yaml", None)
+    with pytest.raises(ConfigError, match=r"only placeholder is \{name\}"):
+        load_prompts(text.replace("{name}", "{thing}"), "prompts.yaml", None)
     path = tmp_path / "prompts.yaml"
     path.write_text(text)
     settings = {"input": "/a", "output": "/b", "detector": "saa", "saa.gdino_weights": "none",
@@ -196,8 +209,11 @@ def test_random_weights_are_seeded_and_named_in_the_version(tiny_ref, one_torch_
 
     cfg, ref = tiny_ref
     digest = load_prompts(packaged_text(), None, None).digest()
-    assert ref.version == f"gdino=random:tiny-test:seed=0;sam=random:tiny-test:seed=0;prompts={digest}"
-    assert "randomly initialised gdino and sam" in ref.warning
+    assert ref.version == (f"gdino=random:tiny-test:seed=0;sam=random:tiny-test:seed=0;"
+                           f"saliency=random:resnet18:seed=0;prompts={digest}")
+    assert ref.random_weights == ("GroundingDINO tiny-test (saa.gdino_weights=none)",
+                                  "SAM tiny-test (saa.sam_weights=none)",
+                                  "saliency resnet18 (saa.saliency_weights=none)")
     a = load_for_score(cfg, Storage(StorageSettings()), ref, "cpu")
     b = load_for_score(cfg, Storage(StorageSettings()), ref, "cpu")
     for (name, pa), pb in zip(a.gdino.state_dict().items(), b.gdino.state_dict().values(), strict=True):
@@ -208,6 +224,58 @@ def test_random_weights_are_seeded_and_named_in_the_version(tiny_ref, one_torch_
     assert whole.scores == pytest.approx(whole.maps.reshape(3, -1).max(1))
     alone = b.score(images[1:2])  # every image is scored on its own: its batch does not change its map
     assert alone.maps[0] == pytest.approx(whole.maps[1], abs=1e-4)
+
+
+def test_saliency_weights_are_warned_about_and_named_in_the_version(tmp_path):
+    """The saliency network's weights change every confidence (exp(3 x saliency)): they are part of the version,
+    and random ones are warned about like the other two models'."""
+    import torchvision
+
+    from pipeline.detectors.saa import resolve_saa
+
+    weights = tmp_path / "saliency.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    cfg = ScoreConfig.model_validate({"input": "/a", "output": "/b", "detector": "saa",
+                                      "saa": TINY | {"saliency_weights": str(weights)}})
+    ref = resolve_saa(Storage(StorageSettings()), cfg)
+    assert ";saliency=sha256:" in ref.version and ref.params["saa.saliency_fingerprint"].startswith("sha256:")
+    assert ref.random_weights == ("GroundingDINO tiny-test (saa.gdino_weights=none)",
+                                  "SAM tiny-test (saa.sam_weights=none)")  # the saliency weights are given
+
+
+def test_geometry_is_the_officials(tiny_ref, one_torch_thread):
+    """A wide image is letterboxed for SAM (longer side at SAM's size, padded), GroundingDINO sees it with its
+    shorter side at gdino_size, and the map comes back as a square over the whole image."""
+    import numpy as np
+
+    from pipeline.detectors.saa import load_for_score
+    from pipeline.features.preprocess import LETTERBOX_PAD, letterbox_extent
+
+    cfg, ref = tiny_ref
+    detector = load_for_score(cfg, Storage(StorageSettings()), ref, "cpu")
+    wide = np.random.default_rng(0).integers(0, 256, size=(30, 60, 3), dtype=np.uint8)
+    image = detector.preprocess(wide)
+    assert image.shape == (3, 64, 64) and letterbox_extent(image) == (32, 64)
+    assert (image[:, 32:] == LETTERBOX_PAD).all() and (image[:, :32] >= 0).all()
+    seen = []
+    hook = detector.gdino.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["pixel_values"].shape[-2:]),
+                                                    with_kwargs=True)
+    try:
+        result = detector.score(image[None])
+    finally:
+        hook.remove()
+    assert set(seen) == {(64, 128)}  # shorter side 64 (gdino_size), proportions kept
+    assert result.maps.shape == (1, 64, 64)
+    # a box on the 32 x 64 image reaches SAM in the letterboxed frame (the longer side at SAM's 64: scale 1)
+    boxes = []
+    hook = detector.sam.register_forward_pre_hook(lambda _m, _a, kw: boxes.append(kw["input_boxes"].clone()),
+                                                  with_kwargs=True)
+    try:
+        embedding = detector.sam.get_image_embeddings(torch.zeros(1, 3, 64, 64))[0]
+        masks = detector._segment(embedding, torch.tensor([[8.0, 4.0, 40.0, 28.0]]), 32, 64)
+    finally:
+        hook.remove()
+    assert boxes[-1].tolist() == [[[8.0, 4.0, 40.0, 28.0]]] and masks.shape == (1, 32, 64)
 
 
 def test_folder_weights_round_trip_with_a_content_fingerprint(tiny_ref, tmp_path, one_torch_thread):

@@ -22,7 +22,7 @@ from pipeline.results.rows import read_rows
 from pipeline.score import run_score
 from tests.helpers.runs import free_port, s3_buckets  # noqa: F401 - keeps conftest's environment set-up
 
-FAST = {"saliency_backbone": "resnet18", "saliency_size": 64}
+FAST = {"saliency_backbone": "resnet18", "saliency_size": 64, "multi_saliency_size": 64, "gdino_size": 64}
 
 
 def _archive(dataset: Path, root: Path) -> Path:
@@ -58,7 +58,8 @@ def test_score_images_and_a_video_through_the_cli_on_local_ray(ray_runtime, data
     assert all(np.isfinite(r["score"]) and r["score"] >= 0 for r in ok)
     assert all(Path(r["heatmap_uri"]).is_file() for r in ok if r["frame_index"] is None)
     digest = load_prompts(packaged_text(), None, None).digest()
-    version = f"gdino=random:tiny-test:seed=0;sam=random:tiny-test:seed=0;prompts={digest}"
+    version = (f"gdino=random:tiny-test:seed=0;sam=random:tiny-test:seed=0;saliency=random:resnet18:seed=0;"
+               f"prompts={digest}")
     assert summary["model_version"] == version and {r["model_version"] for r in rows} == {version}
     assert summary["detector"] == "saa" and summary["saa_prompts_digest"] == digest
 
@@ -84,7 +85,7 @@ def test_weights_and_prompts_from_s3_with_mlflow(ray_runtime, dataset, s3, s3_en
     load_sam(None, "tiny-test", 7, "saa.sam_weights").save_pretrained(tmp_path / "sam")
     s3.put(str(tmp_path / "gdino") + "/", "weights/gdino-t/", recursive=True)
     s3.put(str(tmp_path / "sam") + "/", "weights/sam-t/", recursive=True)
-    prompts = "generic: {object: part, captions: ['defect on {object}']}\nproducts: {widget: {object: widget, " \
+    prompts = "generic: {object: part, captions: ['defect on {name}']}\nproducts: {widget: {object: widget, " \
               "defects: ['dent. burr.'], instances: 2, max_anomalies: 2}}\n"
     s3.pipe("configs/prompts.yaml", prompts.encode())
     s3.put(str(dataset / "test" / "defect") + "/", "archive/day/", recursive=True)
@@ -111,7 +112,8 @@ def test_weights_and_prompts_from_s3_with_mlflow(ray_runtime, dataset, s3, s3_en
     # the copy in the cache has the same content fingerprint as the folder it was uploaded from
     gdino_fp, sam_fp = folder_fingerprint(tmp_path / "gdino"), folder_fingerprint(tmp_path / "sam")
     digest = load_prompts(prompts, "x", "widget").digest()
-    assert summary["model_version"] == f"gdino={gdino_fp[:23]};sam={sam_fp[:23]};prompts={digest}"
+    assert summary["model_version"] == (f"gdino={gdino_fp[:23]};sam={sam_fp[:23]};saliency=random:resnet18:seed=0;"
+                                        f"prompts={digest}")
     assert len(list(cache.glob("*/.manifest.json"))) == 2
 
     client = mlflow.MlflowClient(tracking["tracking_uri"])
