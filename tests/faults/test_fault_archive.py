@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import weakref
 from pathlib import Path
 
@@ -169,23 +168,29 @@ def test_fake_faiss_header_is_refused_before_faiss_allocates_what_it_claims(tmp_
     record_property("outcome", f"exit 2 in one line, peak RSS {peak_mb:.0f} MB: {line}")
 
 
+# Runs ``python -m MODULE ARGS`` and writes the process's own peak RSS (VmHWM, kB) at exit. Not wait4's ru_maxrss:
+# that counts the pages the child shared with this (large) pytest process between fork and exec.
+PEAK_PROBE = """import atexit, os, runpy, sys
+def _peak():
+    with open("/proc/self/status") as status:
+        kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["PEAK_FILE"], "w") as out:
+        out.write(str(kb))
+atexit.register(_peak)
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
 def run_measured(command: list[str], workdir: Path, timeout: float) -> tuple[int, str, float]:
-    """Run ``command`` to the end: its exit code, stderr and peak resident memory in MB (``wait4``)."""
-    err_path = workdir / "stderr.txt"
+    """Run ``python -m MODULE ARGS`` to the end: its exit code, stderr and its own peak resident memory in MB."""
+    assert command[1] == "-m", command
+    err_path, peak_path = workdir / "stderr.txt", workdir / "peak-kb.txt"
     with open(err_path, "w") as err:
-        proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
-                                env=os.environ | {"PYTHONPATH": str(REPO)})
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, err_path.read_text(), usage.ru_maxrss / 1024
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise AssertionError(f"{' '.join(command[1:4])} still running after {timeout:g} s")
-        time.sleep(0.05)
+        proc = subprocess.run([command[0], "-c", PEAK_PROBE, *command[2:]], cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=err, timeout=timeout,
+                              env=os.environ | {"PYTHONPATH": str(REPO), "PEAK_FILE": str(peak_path)})
+    return proc.returncode, err_path.read_text(), int(peak_path.read_text()) / 1024
 
 
 def worker_peak(bank: Path, folder: Path, batch_size: int, max_decoded_bytes: int | None = None) -> dict:
