@@ -28,22 +28,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.results.heatmaps import colorize, render_overlays  # noqa: E402
+from pipeline.results.heatmaps import render_overlays  # noqa: E402
+from tests.helpers.previous_overlay import reference_overlay  # noqa: E402
 
 
 def overlay_png_before(rgb: np.ndarray, amap: np.ndarray, scale: float, max_side: int = 1024) -> bytes:
-    """The overlay as written before this renderer (the baseline)."""
-    h, w = rgb.shape[:2]
-    factor = min(1.0, max_side / max(h, w))
-    size = (max(1, round(h * factor)), max(1, round(w * factor)))
-    img = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
-    if size != (h, w):
-        img = F.interpolate(img, size=size, mode="bilinear", antialias=True, align_corners=False)
-    m = F.interpolate(torch.from_numpy(amap)[None, None], size=size, mode="bilinear", align_corners=False)
-    colours = colorize(m[0, 0].numpy() / (2.0 * max(scale, 1e-12))).astype(np.uint8).astype(np.float32)
-    blended = 0.55 * img[0].permute(1, 2, 0).numpy() + 0.45 * colours
+    """The overlay as written before this renderer (the baseline): the previous drawing, PNG-encoded."""
     out = io.BytesIO()
-    Image.fromarray(blended.clip(0, 255).astype(np.uint8)).save(out, format="PNG", compress_level=1)
+    Image.fromarray(reference_overlay(rgb, amap, scale, max_side)).save(out, format="PNG", compress_level=1)
     return out.getvalue()
 
 
