@@ -335,16 +335,10 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
     storage.check_reachable(cfg.input, "input")
     storage.check_writable_folder(cfg.output, "output")
     tracking_uri = check_tracking(cfg.tracking)
-    model = resolve_model(storage, cfg)
-    if model.random_weights:
-        log.warning("%s runs with randomly initialised weights, so its scores mean nothing about real anomalies: %s",
-                    cfg.detector, "; ".join(model.random_weights))
-    log.log(logging.INFO if model.inspected_fraction >= 1 else logging.WARNING, "%s",
-            describe_inspected(model.inspected_fraction))
+    model = _resolve_and_announce(storage, cfg)
     run_id = cfg.run_name or "score-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     layout = RunLayout.of(cfg.output, run_id)
-    run_uri = layout.root
-    log.info("run %s: input %s, output %s", run_id, cfg.input, run_uri)
+    log.info("run %s: input %s, output %s", run_id, cfg.input, layout.root)
 
     listing, units, done = plan_run(storage, cfg, run_id, model.uri)
     todo = [u for u in units if u.unit_id not in done]
@@ -360,15 +354,8 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
         local = init_ray(cfg.runtime)
         failed_units, units_without_rows, startup_s, scoring_s = _score_units(cfg, storage, run_id, model, todo,
                                                                               totals, nodes, local)
-    table_s = 0.0
-    if not failed_units and (todo or table_files(storage, layout) is None):
-        t_table = time.perf_counter()
-        try:
-            write_table(storage, layout)
-        except StorageError as exc:
-            raise RunIncomplete(f"run {run_id}: every unit is scored but its table could not be written ({exc}); "
-                                f"re-run with --run-name {run_id} to write it") from exc
-        table_s = time.perf_counter() - t_table
+    table_s = _publish_table(storage, layout, run_id) if not failed_units and (
+        todo or table_files(storage, layout) is None) else 0.0
     scored_now = dict(totals)
     for counts in done.values():
         for key in COUNT_KEYS:
@@ -376,7 +363,7 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
 
     earlier = _read_json(storage, layout.summary)
     summary = {
-        "run_id": run_id, "output": run_uri, "input": cfg.input, "input_uri": storage.canonical(cfg.input),
+        "run_id": run_id, "output": layout.root, "input": cfg.input, "input_uri": storage.canonical(cfg.input),
         "detector": cfg.detector,
         "model_uri": model.uri, "model_version": model.version,
         **{k.replace(".", "_"): v for k, v in model.params.items()},
@@ -403,6 +390,28 @@ def run_score(cfg: ScoreConfig) -> dict[str, Any]:
                             f"could not be written ({exc}); re-run with --run-name {run_id} to finish") from exc
     _track(cfg, storage, model, summary, videos, tracking_uri, scored_anything=bool(todo))
     return summary
+
+
+def _resolve_and_announce(storage: Storage, cfg: ScoreConfig) -> ModelRef:
+    """The run's model, with a warning when any part of it is random and a line on how much of each image it sees."""
+    model = resolve_model(storage, cfg)
+    if model.random_weights:
+        log.warning("%s runs with randomly initialised weights, so its scores mean nothing about real anomalies: %s",
+                    cfg.detector, "; ".join(model.random_weights))
+    log.log(logging.INFO if model.inspected_fraction >= 1 else logging.WARNING, "%s",
+            describe_inspected(model.inspected_fraction))
+    return model
+
+
+def _publish_table(storage: Storage, layout: RunLayout, run_id: str) -> float:
+    """The completed run's rows as its queryable table; returns the seconds it took."""
+    start = time.perf_counter()
+    try:
+        write_table(storage, layout)
+    except StorageError as exc:
+        raise RunIncomplete(f"run {run_id}: every unit is scored but its table could not be written ({exc}); "
+                            f"re-run with --run-name {run_id} to write it") from exc
+    return time.perf_counter() - start
 
 
 def inspected(model: ModelRef) -> dict[str, float]:
