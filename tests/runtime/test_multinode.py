@@ -228,7 +228,9 @@ def test_a_node_that_dies_mid_run_loses_nothing(harness, data, baseline, caplog)
     rows = assert_complete(run_dir, loose_keys(data / "images"))
     assert all(r["status"] == "ok" for r in rows) and summary["failed_units"] == []
     requeued = [r.getMessage() for r in caplog.records if "goes back to the queue" in r.getMessage()]
-    assert requeued and all("with its node" in line for line in requeued), requeued
+    # the pool names the node when Ray already reports it dead, else the lost connection: either way the unit is back
+    assert requeued and all("with its node" in line or "Socket closed" in line or "unavailable" in line
+                            for line in requeued), requeued
     per_node = rows_by_node(harness, rows)
     assert per_node["node_a"] and per_node["node_b"] and per_node["node_c"]
     print(f"node_c SIGKILLed (raylet, object store, workers) {killed_at:.1f} s into the run: "
@@ -307,7 +309,9 @@ def test_fit_losing_a_node_in_round_one_gives_the_same_bank(harness, data, fitte
         harness.kill(victim)
         summary = job.result()
     requeued = [r.getMessage() for r in caplog.records if "goes back to the queue" in r.getMessage()]
-    assert requeued and all("with its node" in line for line in requeued), requeued
+    # the pool names the node when Ray already reports it dead, else the lost connection: either way the unit is back
+    assert requeued and all("with its node" in line or "Socket closed" in line or "unavailable" in line
+                            for line in requeued), requeued
     assert summary["n_train_images"] == fitted["n_train_images"]
     assert summary["fingerprint"] == fitted["fingerprint"]
     print(f"fit: {victim} SIGKILLed {lost_at:.1f} s in, during round 1: {len(requeued)} shards recomputed "
