@@ -37,7 +37,7 @@ pytestmark = pytest.mark.multinode
 FAST_FAILURE_DETECTION = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                           "health_check_failure_threshold": 3}
 N_IMAGES = 120
-JOIN_COPIES = 4  # the join scenario scores each image this many times (under other names): its run must outlast
+JOIN_COPIES = 12  # the join scenario scores each image this many times (under other names): its run must outlast
 # a joining node's start (add_node, then its worker imports torch and loads the model)
 
 
@@ -242,7 +242,7 @@ def test_a_node_that_joins_mid_run_gets_units(harness, data, baseline, caplog):
     run_dir = data / "out" / "joined"
     with caplog.at_level(logging.INFO, logger="pipeline.runtime"):   # 3 workers, room for 2 until d joins
         job = Job(run_score, score_cfg(harness, data, "joined", workers=3, images="many",
-                                                 placement_timeout_s=8))
+                                                 placement_timeout_s=3))
         wait_for(lambda: job.running() and [r for r in caplog.records if "could not be placed" in r.getMessage()],
                  120, "the pool saying a worker could not be placed")
         asked_at = time.time()
