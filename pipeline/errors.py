@@ -55,3 +55,11 @@ class VideoError(ValueError):
 
 class DecodeError(ValueError):
     """The input is not a usable image; the message is the row's ``error``."""
+
+
+class IndexFileError(ValueError):
+    """The bytes are not a faiss index this product reads, or their header claims more than they hold."""
+
+
+class ImportRefused(ConfigError):
+    """The source is not an official PatchCore folder this product can score; the message says why."""

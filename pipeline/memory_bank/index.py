@@ -14,6 +14,8 @@ import struct
 import faiss
 import numpy as np
 
+from pipeline.errors import IndexFileError
+
 
 def build_index(vectors: np.ndarray, dtype: str = "float32") -> faiss.Index:
     x = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -36,10 +38,6 @@ _FLAT = (b"IxF2", b"IxFI", b"IxFl")  # IndexFlatL2 / IndexFlatIP / IndexFlat: fl
 _SCALAR_QUANTIZER = b"IxSQ"
 _OTHER_TYPES = {b"IwFl": "IndexIVFFlat", b"IwPQ": "IndexIVFPQ", b"IwSq": "IndexIVFScalarQuantizer",
                 b"IxPq": "IndexPQ", b"IHNf": "IndexHNSWFlat", b"IxMp": "IndexIDMap", b"IxM2": "IndexIDMap2"}
-
-
-class IndexFileError(ValueError):
-    """The bytes are not a faiss index this product reads, or their header claims more than they hold."""
 
 
 def _vector(data: bytes, offset: int, item_bytes: int, what: str) -> tuple[int, int]:

@@ -9,7 +9,6 @@ _HOMES = {
     "FEATURE_SETTINGS": "pipeline.detectors.patchcore.fit",
     "FitWorker": "pipeline.detectors.patchcore.fit",
     "INDEX_FILE": "pipeline.detectors.patchcore.importer",
-    "ImportRefused": "pipeline.detectors.patchcore.importer",
     "LAYERS": "pipeline.detectors.patchcore.importer",
     "MAX_LOGGED_INDEX_BYTES": "pipeline.detectors.patchcore.fit",
     "OFFICIAL_RESIZE": "pipeline.detectors.patchcore.importer",

@@ -33,7 +33,7 @@ import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from pipeline.detectors.patchcore.settings import PatchCoreSettings
-from pipeline.errors import ConfigError
+from pipeline.errors import ImportRefused
 from pipeline.features.backbones import PAPER_TORCHVISION_WEIGHTS
 from pipeline.io.storage import Storage
 from pipeline.memory_bank.bank import BankMetadata, fingerprint, publish_index_file
@@ -49,10 +49,6 @@ PARAM_TYPES = {"backbone.name": str, "layers_to_extract_from": list, "input_shap
                "patchstride": int, "anomaly_scorer_num_nn": int}
 # The official run scripts resize to this (bilinear), then centre-crop input_shape; the files do not say
 OFFICIAL_RESIZE = {224: 256, 320: 366}
-
-
-class ImportRefused(ConfigError):
-    """The source is not an official PatchCore folder this product can score; the message says why."""
 
 
 class PlainUnpickler(pickle.Unpickler):

@@ -15,7 +15,8 @@ import torch
 
 from pipeline.config import ScoreConfig, StorageSettings
 from pipeline.detectors.patchcore import PatchCoreDetector, resolve_bank
-from pipeline.detectors.patchcore.importer import ImportRefused, convert
+from pipeline.detectors.patchcore.importer import convert
+from pipeline.errors import ImportRefused
 from pipeline.io.storage import Storage
 from tests.helpers.official import released_folder
 from tests.helpers.runs import s3_buckets
